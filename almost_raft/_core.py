@@ -1,0 +1,750 @@
+"""The election state machine: pure, synchronous and deterministic.
+
+Theory of operation
+===================
+
+This module owns every transition of one node's election, and nothing else.
+It knows node ids, terms and roles.  It does not know ``Node`` objects, anyio,
+a clock or the network: every input carries ``now`` (seconds on whatever clock
+the caller uses), and every call returns one immutable ``Output`` saying what
+to persist, what to send to whom, which events to emit and when to call
+``tick`` next.  The anyio driver and the simulator both drive this same class.
+
+Roles and transitions (Raft paper, Ongaro & Ousterhout 2014, section 5.2;
+pre-vote, check-quorum, leases and transfer from Ongaro's thesis, 2014,
+sections 3.10, 6.2, 6.4 and 9.6)::
+
+    FOLLOWER --election timeout--> CANDIDATE (pre-vote phase, term unchanged)
+    CANDIDATE (pre-vote) --quorum of pre-votes--> CANDIDATE (term + 1, votes self)
+    CANDIDATE --quorum of votes--> LEADER
+    CANDIDATE --heartbeat of its term, or any higher term--> FOLLOWER
+    CANDIDATE --timeout--> CANDIDATE (a new round)
+    LEADER --higher term seen / no quorum of acks within T--> FOLLOWER
+    any --RemoveNode(self) or shutdown--> TERMINATED (a leader hands over first)
+
+Rules, each with the reason:
+
+* Timeouts are drawn afresh for every round from ``[T, T_max]`` with the
+  injected ``random.Random`` so that split votes are rare (paper 5.2).
+* One vote per term, remembered in ``voted_for`` and returned in
+  ``Output.persist``, which the caller saves before sending anything (5.2,
+  Figure 2 "persistent state").
+* Pre-vote: before raising its term a node asks whether a quorum would vote
+  for it; a node cut off from the cluster therefore never inflates its term
+  and cannot depose a healthy leader when it returns (thesis 9.6).
+* Leader stickiness: a node that heard from a live leader less than ``T`` ago
+  refuses votes and pre-votes and does not even adopt the requester's term,
+  unless the request is a leadership transfer (thesis 4.2.3, 9.6).  A node
+  that has just started behaves as if it had just heard from a leader, so a
+  restart cannot cut a lease short.
+* Check-quorum: a leader that did not hear from a quorum within ``T`` steps
+  down (thesis 6.2).
+* Lease: the leader's lease runs from the send time of the latest heartbeat
+  round that a quorum acknowledged, for ``T`` less a margin for clock drift.
+  Stickiness guarantees no other node can win a vote before it ends
+  (thesis 6.4.1).
+* Transfer: the leader sends ``TimeoutNow``; the target stands at once with
+  ``transfer=True``, which voters honour despite stickiness.  The old leader
+  gives up its lease at once, for the rest of its term (thesis 3.10).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, final
+
+from ._messages import (
+    Heartbeat,
+    HeartbeatResponse,
+    LeaderChanged,
+    Message,
+    NodeId,
+    RequestVote,
+    Role,
+    TimeoutNow,
+    VoteResponse,
+)
+from ._protocols import HardState
+
+if TYPE_CHECKING:
+    from typing_extensions import assert_never
+else:  # pragma: no cover - only the name is needed at run time
+
+    def assert_never(value: object) -> None:
+        raise AssertionError(f"unhandled value: {value!r}")
+
+
+logger = logging.getLogger("almost_raft")
+
+_NEVER = math.inf
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The checked configuration of one node's election (see ``RaftElectionState.init``).
+
+    Attributes:
+        self_id: this node's id.
+        election_timeout: ``T``, the lower end of the election timeout.
+        election_timeout_max: the upper end; each round draws from ``[T, max]``.
+        heartbeat_interval: time between two heartbeat rounds of a leader.
+        min_nodes: no election while the cluster (self included) is smaller.
+        max_nodes: the cluster (self included) never grows beyond this.
+        pre_vote: ask for pre-votes before raising the term.
+        check_quorum: a leader without a quorum of acknowledgements within
+            ``T`` steps down.
+        lease_duration: how long a lease lasts from the send time of the
+            acknowledged round: ``T`` shortened by the clock-drift margin.
+    """
+
+    self_id: NodeId
+    election_timeout: float
+    election_timeout_max: float
+    heartbeat_interval: float
+    min_nodes: int = 1
+    max_nodes: int = 1024
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_duration: float = 0.0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What one call to the core asks the caller to do, in this order.
+
+    Attributes:
+        persist: the new ``HardState`` to save before anything is sent, or ``None``.
+        sends: ``(to_id, message)`` pairs, in order.
+        events: ``LeaderChanged`` events to publish, in order.
+        next_deadline: when to call ``tick`` next (absolute, same clock as ``now``).
+    """
+
+    persist: HardState | None
+    sends: tuple[tuple[NodeId, Message], ...]
+    events: tuple[LeaderChanged, ...]
+    next_deadline: float
+
+
+@final
+@dataclass(slots=True)
+class CoreCounters:
+    """Counters kept by the core; each only grows."""
+
+    elections_started: int = 0
+    elections_won: int = 0
+    elections_lost: int = 0
+    pre_votes_started: int = 0
+    votes_granted: int = 0
+    votes_refused: int = 0
+    step_downs: int = 0
+    check_quorum_step_downs: int = 0
+    transfers_started: int = 0
+    messages_rejected: int = 0
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@final
+class Election:
+    """One node's election state machine.
+
+    Args:
+        config: the checked configuration.
+        peers: the ids of the peers known at start (not ``self_id``).
+        hard_state: the state loaded from storage, or ``None`` for a new node.
+        rng: the only source of randomness.
+        now: the current time; the node refuses votes until ``now + T``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        peers: Iterable[NodeId],
+        hard_state: HardState | None,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.config = config
+        self.counters = CoreCounters()
+        self._rng = rng
+        self._self_id = config.self_id
+        # A dict, not a set: iteration order must not depend on hash seeds,
+        # or the same seed would not replay the same run.
+        self._peers: dict[NodeId, None] = dict.fromkeys(peers)
+        hs = hard_state or HardState(0, None)
+        self._term = hs.term
+        self._voted_for = hs.voted_for
+        self._persisted = hs
+        self._role = Role.FOLLOWER
+        self._leader_id: NodeId | None = None
+        self._emitted: tuple[int, NodeId | None] = (self._term, None)
+        self._started_at = now
+        # A node that has just started behaves as if it had just heard from a
+        # leader: a restart must not cut another node's lease short.
+        self._sticky_until = now + config.election_timeout
+        self._last_leader_contact = -_NEVER
+        self._election_deadline = now + self._random_timeout()
+        # candidate state
+        self._pre_phase = False
+        self._transfer_round = False
+        self._granted: dict[NodeId, None] = {}
+        self._refused: dict[NodeId, None] = {}
+        # leader state
+        self._heartbeat_deadline = _NEVER
+        self._transfer_deadline = _NEVER
+        self._leader_since = -_NEVER
+        self._seq = 0
+        self._sent_at: dict[int, float] = {}
+        self._acked_seq: dict[NodeId, int] = {}
+        self._last_ack_at: dict[NodeId, float] = {}
+        self._lease_expires_at = -_NEVER
+        self._lease_given_up = False
+        # output under construction
+        self._sends: list[tuple[NodeId, Message]] = []
+        self._events: list[LeaderChanged] = []
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def self_id(self) -> NodeId:
+        """This node's id."""
+        return self._self_id
+
+    @property
+    def role(self) -> Role:
+        """The current role."""
+        return self._role
+
+    @property
+    def term(self) -> int:
+        """The current term."""
+        return self._term
+
+    @property
+    def voted_for(self) -> NodeId | None:
+        """The candidate voted for in the current term, or ``None``."""
+        return self._voted_for
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        """The leader of the current term as far as this node knows, or ``None``."""
+        return self._leader_id
+
+    @property
+    def peer_ids(self) -> tuple[NodeId, ...]:
+        """The known peers, in the order they became known."""
+        return tuple(self._peers)
+
+    @property
+    def in_pre_vote(self) -> bool:
+        """Whether a candidate is still asking for pre-votes (its term not raised yet)."""
+        return self._role is Role.CANDIDATE and self._pre_phase
+
+    @property
+    def next_deadline(self) -> float:
+        """When ``tick`` has something to do next (``inf`` once terminated)."""
+        if self._role is Role.LEADER:
+            return min(self._heartbeat_deadline, self._transfer_deadline)
+        if self._role is Role.TERMINATED:
+            return _NEVER
+        return self._election_deadline
+
+    @property
+    def lease_expires_at(self) -> float:
+        """When the current lease ends (``-inf`` when this node holds none)."""
+        if self._role is not Role.LEADER:
+            return -_NEVER
+        return self._lease_expires_at
+
+    def holds_lease(self, now: float) -> bool:
+        """Whether this node leads under a valid lease at *now*."""
+        return self._role is Role.LEADER and now < self._lease_expires_at
+
+    def last_ack_at(self, node_id: NodeId) -> float | None:
+        """When the leader last heard a heartbeat acknowledgement from *node_id*."""
+        return self._last_ack_at.get(node_id)
+
+    @property
+    def cluster_size(self) -> int:
+        """Known peers plus this node."""
+        return len(self._peers) + 1
+
+    @property
+    def quorum(self) -> int:
+        """A strict majority of ``max(cluster_size, min_nodes)``."""
+        return max(self.cluster_size, self.config.min_nodes) // 2 + 1
+
+    # ----------------------------------------------------------------- inputs
+
+    def step(self, message: Message, now: float) -> Output:
+        """Handle *message* received at *now*.
+
+        A message from an unknown node or from this node itself is dropped,
+        logged and counted in ``counters.messages_rejected``; it changes
+        nothing.
+        """
+        if self._role is Role.TERMINATED:
+            return self._flush()
+        sender = message.sender
+        if sender == self._self_id or sender not in self._peers:
+            why = "from this node itself" if sender == self._self_id else "from an unknown node"
+            return self._reject(message, why)
+        match message:
+            case RequestVote():
+                self._on_request_vote(message, now)
+            case VoteResponse():
+                self._on_vote_response(message, now)
+            case Heartbeat():
+                self._on_heartbeat(message, now)
+            case HeartbeatResponse():
+                self._on_heartbeat_response(message, now)
+            case TimeoutNow():
+                self._on_timeout_now(message, now)
+            case _:
+                assert_never(message)
+        return self._flush()
+
+    def tick(self, now: float) -> Output:
+        """Fire whatever timer is due at *now*; before ``next_deadline`` it does nothing."""
+        match self._role:
+            case Role.FOLLOWER | Role.CANDIDATE:
+                if now >= self._election_deadline:
+                    self._on_election_timeout(now)
+            case Role.LEADER:
+                if now >= self._transfer_deadline:
+                    logger.info(
+                        "node %r term %d: leadership transfer did not complete within %.3fs, stepping down",
+                        self._self_id,
+                        self._term,
+                        self.config.election_timeout,
+                    )
+                    self._become_follower(now, self._term, None)
+                elif now >= self._heartbeat_deadline:
+                    self._on_heartbeat_due(now)
+            case Role.TERMINATED:
+                pass
+            case _:
+                assert_never(self._role)
+        return self._flush()
+
+    def add_peer(self, node_id: NodeId, now: float) -> Output:
+        """Add *node_id* to this node's view (``AddNode``); a known id changes nothing."""
+        if self._role is Role.TERMINATED or node_id in self._peers:
+            return self._flush()
+        if node_id == self._self_id:
+            return self._reject_control("AddNode", f"AddNode({node_id!r}) names this node itself")
+        if self.cluster_size + 1 > self.config.max_nodes:
+            return self._reject_control(
+                "AddNode", f"AddNode({node_id!r}) would grow the cluster beyond max_nodes={self.config.max_nodes}"
+            )
+        self._peers[node_id] = None
+        logger.info(
+            "node %r term %d: added peer %r (cluster size %d)", self._self_id, self._term, node_id, self.cluster_size
+        )
+        if self._role is Role.LEADER:
+            # Tell the newcomer who leads without waiting for the next round.
+            self._sends.append((node_id, Heartbeat(self._term, self._self_id, self._seq)))
+        return self._flush()
+
+    def remove_peer(self, node_id: NodeId, now: float) -> Output:
+        """Remove *node_id* from this node's view (``RemoveNode``).
+
+        Removing this node's own id is ``shutdown``.  Removing the leader makes
+        this node stand for election at once instead of waiting out its timeout.
+        """
+        if self._role is Role.TERMINATED:
+            return self._flush()
+        if node_id == self._self_id:
+            return self.shutdown(now)
+        if node_id not in self._peers:
+            return self._reject_control("RemoveNode", f"RemoveNode({node_id!r}) names an unknown node")
+        del self._peers[node_id]
+        self._granted.pop(node_id, None)
+        self._refused.pop(node_id, None)
+        self._acked_seq.pop(node_id, None)
+        self._last_ack_at.pop(node_id, None)
+        logger.info(
+            "node %r term %d: removed peer %r (cluster size %d)", self._self_id, self._term, node_id, self.cluster_size
+        )
+        if self._role is Role.CANDIDATE:
+            if self.cluster_size < self.config.min_nodes:
+                self._become_follower(now, self._term, None)
+            else:
+                self._check_votes(now)
+        elif self._role is Role.FOLLOWER and self._leader_id == node_id:
+            # The leader left this node's view: its heartbeats no longer count.
+            self._leader_id = None
+            self._sticky_until = self._started_at + self.config.election_timeout
+            if self.cluster_size >= self.config.min_nodes:
+                self._start_campaign(now)
+        elif self._role is Role.LEADER:
+            self._update_lease()
+        return self._flush()
+
+    def transfer_leadership(self, target_id: NodeId | None, now: float) -> Output:
+        """Hand leadership to *target_id* (``None``: the most recently acknowledging peer).
+
+        Changes nothing on a non-leader, or when the target is unknown or this node.
+        """
+        if self._role is not Role.LEADER:
+            logger.info("node %r term %d: TransferLeadership ignored, not the leader", self._self_id, self._term)
+            return self._flush()
+        if target_id is None:
+            target_id = self._best_transfer_target()
+            if target_id is None:
+                logger.info(
+                    "node %r term %d: TransferLeadership ignored, no peer to hand over to", self._self_id, self._term
+                )
+                return self._flush()
+        elif target_id == self._self_id or target_id not in self._peers:
+            logger.info(
+                "node %r term %d: TransferLeadership(%r) ignored, %s",
+                self._self_id,
+                self._term,
+                target_id,
+                "that is this node" if target_id == self._self_id else "unknown node",
+            )
+            return self._flush()
+        self._send_timeout_now(target_id, now)
+        self._transfer_deadline = now + self.config.election_timeout
+        return self._flush()
+
+    def shutdown(self, now: float) -> Output:
+        """End this node's election; a leader first hands over with ``TimeoutNow``."""
+        if self._role is Role.TERMINATED:
+            return self._flush()
+        if self._role is Role.LEADER:
+            target = self._best_transfer_target()
+            if target is not None:
+                self._send_timeout_now(target, now)
+            self.counters.step_downs += 1
+        logger.info("node %r term %d: election terminated", self._self_id, self._term)
+        self._role = Role.TERMINATED
+        self._leader_id = None
+        self._lease_expires_at = -_NEVER
+        return self._flush()
+
+    # ------------------------------------------------------------- handlers
+
+    def _on_request_vote(self, m: RequestVote, now: float) -> None:
+        if m.term < self._term or (m.pre_vote and m.term == self._term):
+            # A stale candidate: refuse with our term so that it catches up
+            # (paper 5.1: "if a server receives a request with a stale term
+            # number, it rejects the request").
+            self._answer_vote(m, granted=False)
+            return
+        if not m.transfer and self._sticky(now):
+            # Leader stickiness (thesis 4.2.3): the request changes nothing,
+            # not even our term, so a returning node cannot depose a leader.
+            logger.debug(
+                "node %r term %d: refused %s from %r for term %d, a leader was heard less than T ago",
+                self._self_id,
+                self._term,
+                "pre-vote" if m.pre_vote else "vote",
+                m.candidate_id,
+                m.term,
+            )
+            self._answer_vote(m, granted=False)
+            return
+        if m.pre_vote:
+            # m.term > self._term here; a pre-vote is a question and changes nothing (thesis 9.6).
+            self._answer_vote(m, granted=True)
+            return
+        if m.term > self._term:
+            self._become_follower(now, m.term, None)
+        # Now m.term == self._term.  One vote per term (paper 5.2); a node that
+        # knows this term's leader votes for no one else.
+        can_vote = self._voted_for == m.candidate_id or (self._voted_for is None and self._leader_id is None)
+        if can_vote:
+            self._voted_for = m.candidate_id
+            # Granting a vote resets the election timer (paper 5.2, Figure 2).
+            self._election_deadline = now + self._random_timeout()
+        self._answer_vote(m, granted=can_vote)
+
+    def _answer_vote(self, m: RequestVote, *, granted: bool) -> None:
+        # A granted answer carries the requested term; a refusal our own.
+        term = m.term if granted else self._term
+        if granted:
+            self.counters.votes_granted += 1
+        else:
+            self.counters.votes_refused += 1
+        self._sends.append((m.candidate_id, VoteResponse(term, self._self_id, granted, m.pre_vote)))
+
+    def _on_vote_response(self, m: VoteResponse, now: float) -> None:
+        if m.pre_vote:
+            if not m.granted and m.term > self._term:
+                # A refused pre-vote names the voter's real term.
+                self._become_follower(now, m.term, None)
+                return
+            if self._role is not Role.CANDIDATE or not self._pre_phase or m.term != self._term + 1:
+                return  # stale answer to an earlier round
+        else:
+            if m.term > self._term:
+                self._become_follower(now, m.term, None)
+                return
+            if self._role is not Role.CANDIDATE or self._pre_phase or m.term != self._term:
+                return
+        # Votes are counted by distinct voter id: a duplicated answer counts once.
+        if m.granted:
+            self._granted[m.voter_id] = None
+            self._refused.pop(m.voter_id, None)
+        elif m.voter_id not in self._granted:
+            self._refused[m.voter_id] = None
+        self._check_votes(now)
+
+    def _on_heartbeat(self, m: Heartbeat, now: float) -> None:
+        if m.term < self._term:
+            # A stale leader: tell it the newer term, and do not reset our
+            # timer (paper 5.1).
+            self._sends.append((m.leader_id, HeartbeatResponse(self._term, self._self_id, False, m.seq)))
+            return
+        if m.term == self._term and self._role is Role.LEADER:
+            # Two leaders in one term cannot happen while the rules hold.
+            self._reject(m, f"claims leadership of term {m.term}, which this node leads")
+            return
+        if m.term == self._term and self._leader_id is not None and self._leader_id != m.leader_id:
+            self._reject(m, f"claims leadership of term {m.term}, led by {self._leader_id!r}")
+            return
+        self._become_follower(now, m.term, m.leader_id)
+        self._last_leader_contact = now
+        self._sticky_until = now + self.config.election_timeout
+        self._election_deadline = now + self._random_timeout()
+        self._sends.append((m.leader_id, HeartbeatResponse(self._term, self._self_id, True, m.seq)))
+
+    def _on_heartbeat_response(self, m: HeartbeatResponse, now: float) -> None:
+        if m.term > self._term:
+            # A stale leader learns of the newer term and steps down (paper 5.1).
+            self._become_follower(now, m.term, None)
+            return
+        if self._role is not Role.LEADER or m.term != self._term or not m.success:
+            return
+        if m.seq > self._seq:
+            self._reject(m, f"acknowledges round {m.seq}, which was never sent (last {self._seq})")
+            return
+        if m.seq > self._acked_seq.get(m.follower_id, 0):
+            self._acked_seq[m.follower_id] = m.seq
+        self._last_ack_at[m.follower_id] = now
+        self._update_lease()
+
+    def _on_timeout_now(self, m: TimeoutNow, now: float) -> None:
+        if m.term < self._term:
+            return  # stale transfer of an earlier term
+        if self._role is Role.LEADER:
+            self._reject(m, f"asks the leader of term {self._term} to stand")
+            return
+        if m.term == self._term and self._leader_id is not None and self._leader_id != m.leader_id:
+            self._reject(m, f"sent by {m.leader_id!r}, but term {m.term} is led by {self._leader_id!r}")
+            return
+        if self.cluster_size < self.config.min_nodes:
+            return
+        if m.term > self._term:
+            self._become_follower(now, m.term, m.leader_id)
+        logger.info(
+            "node %r term %d: leadership transfer from %r, standing at once", self._self_id, self._term, m.leader_id
+        )
+        self._become_candidate(now, transfer=True)
+
+    def _on_election_timeout(self, now: float) -> None:
+        if self.cluster_size < self.config.min_nodes:
+            # Not enough members to elect anyone: wait (and stop standing).
+            if self._role is Role.CANDIDATE:
+                self._become_follower(now, self._term, None)
+            self._election_deadline = now + self._random_timeout()
+            return
+        if self._role is Role.CANDIDATE and not self._pre_phase:
+            self.counters.elections_lost += 1
+        self._start_campaign(now)
+
+    def _on_heartbeat_due(self, now: float) -> None:
+        if (
+            self.config.check_quorum
+            and now - self._leader_since >= self.config.election_timeout
+            and self._recent_acks(now) < self.quorum
+        ):
+            logger.warning(
+                "node %r term %d: no quorum of heartbeat acknowledgements within %.3fs, stepping down",
+                self._self_id,
+                self._term,
+                self.config.election_timeout,
+            )
+            self.counters.check_quorum_step_downs += 1
+            self._become_follower(now, self._term, None)
+            return
+        self._send_heartbeats(now)
+
+    # ---------------------------------------------------------- transitions
+
+    def _become_follower(self, now: float, term: int, leader_id: NodeId | None) -> None:
+        if term > self._term:
+            self._term = term
+            self._voted_for = None
+        if self._role is Role.LEADER:
+            self.counters.step_downs += 1
+            logger.info("node %r term %d: stepping down", self._self_id, self._term)
+        was_follower = self._role is Role.FOLLOWER
+        self._role = Role.FOLLOWER
+        self._leader_id = leader_id
+        self._pre_phase = False
+        self._transfer_round = False
+        self._heartbeat_deadline = _NEVER
+        self._transfer_deadline = _NEVER
+        self._lease_expires_at = -_NEVER
+        if not was_follower:
+            self._election_deadline = now + self._random_timeout()
+
+    def _start_campaign(self, now: float) -> None:
+        """Stand for election: pre-vote first when enabled (thesis 9.6)."""
+        if not self.config.pre_vote:
+            self._become_candidate(now, transfer=False)
+            return
+        self._role = Role.CANDIDATE
+        self._pre_phase = True
+        self._transfer_round = False
+        self._leader_id = None
+        self._granted = {self._self_id: None}
+        self._refused = {}
+        self._election_deadline = now + self._random_timeout()
+        self.counters.pre_votes_started += 1
+        logger.debug("node %r term %d: asking for pre-votes for term %d", self._self_id, self._term, self._term + 1)
+        for peer in self._peers:
+            self._sends.append((peer, RequestVote(self._term + 1, self._self_id, pre_vote=True)))
+        self._check_votes(now)
+
+    def _become_candidate(self, now: float, *, transfer: bool) -> None:
+        """Raise the term, vote for self and ask for votes (paper 5.2)."""
+        self._role = Role.CANDIDATE
+        self._pre_phase = False
+        self._transfer_round = transfer
+        self._term += 1
+        self._voted_for = self._self_id
+        self._leader_id = None
+        self._granted = {self._self_id: None}
+        self._refused = {}
+        self._election_deadline = now + self._random_timeout()
+        self.counters.elections_started += 1
+        logger.info(
+            "node %r term %d: standing for election%s", self._self_id, self._term, " (transfer)" if transfer else ""
+        )
+        for peer in self._peers:
+            self._sends.append((peer, RequestVote(self._term, self._self_id, transfer=transfer)))
+        self._check_votes(now)
+
+    def _check_votes(self, now: float) -> None:
+        if self._role is not Role.CANDIDATE or len(self._granted) < self.quorum:
+            return
+        if self._pre_phase:
+            self._become_candidate(now, transfer=False)
+        else:
+            self._become_leader(now)
+
+    def _become_leader(self, now: float) -> None:
+        self._role = Role.LEADER
+        self._leader_id = self._self_id
+        self._pre_phase = False
+        self._leader_since = now
+        self._seq = 0
+        self._sent_at = {}
+        self._acked_seq = {}
+        self._last_ack_at = {}
+        self._lease_expires_at = -_NEVER
+        self._lease_given_up = False
+        self._transfer_deadline = _NEVER
+        self.counters.elections_won += 1
+        logger.info("node %r term %d: won the election, now leader", self._self_id, self._term)
+        # A new leader announces itself at once (paper 5.2).
+        self._send_heartbeats(now)
+
+    def _send_heartbeats(self, now: float) -> None:
+        self._seq += 1
+        self._sent_at[self._seq] = now
+        horizon = now - self.config.election_timeout
+        for seq in [s for s, at in self._sent_at.items() if at < horizon]:
+            del self._sent_at[seq]
+        self._heartbeat_deadline = now + self.config.heartbeat_interval
+        for peer in self._peers:
+            self._sends.append((peer, Heartbeat(self._term, self._self_id, self._seq)))
+        self._update_lease()
+
+    def _send_timeout_now(self, target: NodeId, now: float) -> None:
+        # Giving the lease up before the target can win despite stickiness
+        # keeps "at most one lease" true (thesis 3.10, 6.4.1).
+        self._lease_given_up = True
+        self._lease_expires_at = -_NEVER
+        self.counters.transfers_started += 1
+        logger.info("node %r term %d: handing leadership to %r", self._self_id, self._term, target)
+        self._sends.append((target, TimeoutNow(self._term, self._self_id)))
+
+    # -------------------------------------------------------------- helpers
+
+    def _random_timeout(self) -> float:
+        low = self.config.election_timeout
+        high = self.config.election_timeout_max
+        return low if high <= low else self._rng.uniform(low, high)
+
+    def _sticky(self, now: float) -> bool:
+        return self._role is Role.LEADER or now < self._sticky_until
+
+    def _recent_acks(self, now: float) -> int:
+        horizon = now - self.config.election_timeout
+        return 1 + sum(1 for p in self._peers if self._last_ack_at.get(p, -_NEVER) > horizon)
+
+    def _update_lease(self) -> None:
+        if self._role is not Role.LEADER or self._lease_given_up:
+            return
+        # The newest round that a quorum (this node included) acknowledged.
+        acked = sorted((self._acked_seq.get(p, 0) for p in self._peers), reverse=True)
+        acked.insert(0, self._seq)
+        quorum = self.quorum
+        if len(acked) < quorum:
+            return
+        sent = self._sent_at.get(acked[quorum - 1])
+        if sent is not None:
+            self._lease_expires_at = max(self._lease_expires_at, sent + self.config.lease_duration)
+
+    def _best_transfer_target(self) -> NodeId | None:
+        best: NodeId | None = None
+        best_at = -_NEVER
+        for peer in self._peers:
+            at = self._last_ack_at.get(peer, -_NEVER)
+            if at > best_at:
+                best, best_at = peer, at
+        return best
+
+    def _reject(self, message: Message, why: str) -> Output:
+        kind = type(message).__name__
+        self.counters.messages_rejected += 1
+        self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
+        logger.warning("node %r term %d: dropped %r: %s", self._self_id, self._term, message, why)
+        return self._flush()
+
+    def _reject_control(self, kind: str, why: str) -> Output:
+        self.counters.messages_rejected += 1
+        self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
+        logger.warning("node %r term %d: %s, ignored", self._self_id, self._term, why)
+        return self._flush()
+
+    def _flush(self) -> Output:
+        persist: HardState | None = None
+        if self._term != self._persisted.term or self._voted_for != self._persisted.voted_for:
+            persist = self._persisted = HardState(self._term, self._voted_for)
+        # Emit when the leader view changes in a way a user cares about: a new
+        # leader is known, or no leader is known any more.
+        view = (self._term, self._leader_id)
+        if view != self._emitted and (view[1] is not None or self._emitted[1] is not None):
+            self._events.append(LeaderChanged(*view))
+        self._emitted = view
+        out = Output(
+            persist=persist,
+            sends=tuple(self._sends),
+            events=tuple(self._events),
+            next_deadline=self.next_deadline,
+        )
+        self._sends.clear()
+        self._events.clear()
+        return out

@@ -1,0 +1,64 @@
+"""The two protocols an application implements: ``Node`` and ``Storage``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, final, runtime_checkable
+
+from ._messages import Message, NodeId, _check_term, check_node_id
+
+
+@runtime_checkable
+class Node(Protocol):
+    """A peer, as the application's transport reaches it.
+
+    ``send_message`` should hand the message to the network and return; the
+    election bounds every call by ``message_timeout`` and runs it apart from
+    the election loop, so a slow or dead peer never delays the others.  An
+    exception it raises is logged and counted as a lost message.
+    """
+
+    @property
+    def node_id(self) -> NodeId:
+        """The peer's id: a ``str`` or an ``int``, unique in the cluster."""
+        ...
+
+    async def send_message(self, message: Message) -> None:
+        """Send *message* to this peer."""
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What a node must remember across restarts.
+
+    Attributes:
+        term: the latest term this node has seen.
+        voted_for: the candidate it voted for in ``term``, or ``None``.
+    """
+
+    term: int
+    voted_for: NodeId | None = None
+
+    def __post_init__(self) -> None:
+        _check_term("HardState", "term", self.term)
+        if self.voted_for is not None:
+            check_node_id(self.voted_for, "HardState.voted_for")
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Persistence of ``HardState``.
+
+    ``save`` must not return before the state is durable: the election sends
+    nothing that reflects a new term or vote until ``save`` has returned.
+    """
+
+    async def load(self) -> HardState | None:
+        """Return the saved state, or ``None`` when nothing was ever saved."""
+        ...
+
+    async def save(self, hard_state: HardState) -> None:
+        """Persist *hard_state*, replacing what was saved before."""
+        ...

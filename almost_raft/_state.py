@@ -1,0 +1,500 @@
+"""``RaftElectionState``: configuration checks, the node's view, ``status()`` and subscriptions."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._core import Config, CoreCounters, Election
+from ._messages import ControlMessage, LeaderChanged, Message, NodeId, Role, check_node_id, check_seconds
+from ._protocols import Node, Storage
+from ._storage import MemoryStorage
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+_CONTROL_BUFFER = 1024
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of one node, from ``RaftElectionState.status()``.
+
+    Attributes:
+        self_id: this node's id.
+        role: its role.
+        term: its current term.
+        leader_id: the leader it knows of for ``term``, or ``None``.
+        is_leader: ``role is Role.LEADER``.
+        holds_lease: it leads under a valid lease at the time of the snapshot.
+        lease_remaining: seconds left on the lease (0.0 without one).
+        voted_for: the candidate it voted for in ``term``, or ``None``.
+        peer_ids: the peers in its view.
+        peer_last_ack: for a leader, seconds since each peer last acknowledged
+            a heartbeat (``None``: never in this term); empty otherwise.
+        elections_started: real elections started (term raised to stand).
+        elections_won: elections won.
+        elections_lost: election rounds that timed out without a win.
+        pre_votes_started: pre-vote rounds started.
+        votes_granted: votes and pre-votes this node granted.
+        votes_refused: votes and pre-votes this node refused.
+        step_downs: times it stopped being leader.
+        check_quorum_step_downs: step-downs because no quorum answered within T.
+        transfers_started: ``TimeoutNow`` messages sent.
+        messages_received: peer messages taken from ``control``.
+        messages_sent: messages handed to ``Node.send_message`` without error.
+        messages_rejected: bad input dropped (wrong type, unknown sender,
+            nonsense fields, impossible control requests).
+        messages_dropped: outgoing messages dropped because a peer's queue was full.
+        send_failures: ``send_message`` calls that raised or timed out.
+    """
+
+    self_id: NodeId
+    role: Role
+    term: int
+    leader_id: NodeId | None
+    is_leader: bool
+    holds_lease: bool
+    lease_remaining: float
+    voted_for: NodeId | None
+    peer_ids: tuple[NodeId, ...]
+    peer_last_ack: tuple[tuple[NodeId, float | None], ...]
+    elections_started: int
+    elections_won: int
+    elections_lost: int
+    pre_votes_started: int
+    votes_granted: int
+    votes_refused: int
+    step_downs: int
+    check_quorum_step_downs: int
+    transfers_started: int
+    messages_received: int
+    messages_sent: int
+    messages_rejected: int
+    messages_dropped: int
+    send_failures: int
+
+    def as_dict(self) -> dict[str, object]:
+        """The snapshot as a plain dict (role as its string value), for any metrics system."""
+        out: dict[str, object] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["role"] = self.role.value
+        out["peer_ids"] = list(self.peer_ids)
+        out["peer_last_ack"] = {str(k): v for k, v in self.peer_last_ack}
+        return out
+
+
+@final
+@dataclass(slots=True)
+class DriverCounters:
+    """Counters kept by the driver; each only grows."""
+
+    messages_received: int = 0
+    messages_sent: int = 0
+    messages_rejected: int = 0
+    messages_dropped: int = 0
+    send_failures: int = 0
+
+
+@final
+class Subscription:
+    """A stream of ``LeaderChanged`` events from one node.
+
+    Iterate it with ``async for``; it starts with the view current at
+    subscription time and ends when the node's election ends.  It never
+    blocks the election: when the reader falls behind by more than
+    ``buffer`` events, the oldest are dropped, so the reader may miss
+    intermediate views but always ends with the latest.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_owner", "_waiter", "missed")
+
+    def __init__(self, owner: RaftElectionState, buffer: int) -> None:
+        self._owner = owner
+        self._buffer: deque[LeaderChanged] = deque(maxlen=buffer)
+        self._closed = False
+        self._waiter: anyio.Event | None = None
+        self.missed = 0
+        """How many events were dropped because the reader was behind."""
+
+    def _push(self, event: LeaderChanged) -> None:
+        if self._closed:
+            return
+        if len(self._buffer) == self._buffer.maxlen:
+            self.missed += 1
+        self._buffer.append(event)
+        self._wake()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def receive_nowait(self) -> LeaderChanged:
+        """Return the next event without waiting.
+
+        Raises:
+            anyio.WouldBlock: no event is waiting.
+            anyio.EndOfStream: the election ended and every event was read.
+        """
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._closed:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def receive(self) -> LeaderChanged:
+        """Wait for the next event.
+
+        Raises:
+            anyio.EndOfStream: the election ended (or ``close`` was called)
+                and every event was read.
+        """
+        while True:
+            try:
+                event = self.receive_nowait()
+            except anyio.WouldBlock:
+                if self._waiter is None:
+                    self._waiter = anyio.Event()
+                await self._waiter.wait()
+            else:
+                await anyio.lowlevel.checkpoint()
+                return event
+
+    def close(self) -> None:
+        """Stop receiving events; what is buffered can still be read."""
+        self._owner._subscriptions.discard(self)
+        self._end()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> LeaderChanged:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+@final
+class RaftElectionState:
+    """The configuration and the live state of one node's election.
+
+    Build it with ``RaftElectionState.init(...)``, run it with
+    ``raft_election(state)``, read it at any time.  One state runs once.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        message_timeout: float,
+        nodes: dict[NodeId, Node],
+        storage: Storage,
+        rng: random.Random,
+        inbox: MemoryObjectReceiveStream[ControlMessage | Message],
+    ) -> None:
+        # Use RaftElectionState.init(); this constructor does no checks.
+        self.config = config
+        self.message_timeout = message_timeout
+        self.storage = storage
+        self.rng = rng
+        self._nodes = nodes
+        self._inbox = inbox
+        self._core: Election | None = None
+        self._clock: Callable[[], float] | None = None
+        self._started = False
+        self._finished = False
+        self._subscriptions: set[Subscription] = set()
+        self._driver_counters = DriverCounters()
+
+    @classmethod
+    def init(
+        cls,
+        self_id: NodeId,
+        *,
+        election_timeout: float = 0.150,
+        heartbeat_interval: float = 0.050,
+        message_timeout: float = 0.050,
+        nodes: Iterable[Node] = (),
+        max_nodes: int = 1024,
+        min_nodes: int = 1,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        storage: Storage | None = None,
+        election_timeout_max: float | None = None,
+        rng: random.Random | None = None,
+        clock_drift: float = 0.01,
+    ) -> tuple[RaftElectionState, MemoryObjectSendStream[ControlMessage | Message]]:
+        """Check a configuration and build a node's state and its ``control`` stream.
+
+        Args:
+            self_id: this node's id (``str`` or ``int``).
+            election_timeout: ``T`` in seconds: a node that hears no leader for
+                a timeout drawn from ``[T, election_timeout_max)`` stands.
+            heartbeat_interval: seconds between a leader's heartbeats; at most ``T / 2``.
+            message_timeout: bound in seconds on each ``Node.send_message`` call.
+            nodes: the peers known now (not this node).
+            max_nodes: the cluster, this node included, never grows beyond this.
+            min_nodes: no election while the cluster, this node included, is
+                smaller; quorums count ``max(size, min_nodes)``.  Set it to the
+                intended cluster size for a safe start-up.
+            pre_vote: ask for pre-votes before raising the term.
+            check_quorum: a leader without a quorum of acknowledgements within
+                ``T`` steps down.
+            storage: where ``term`` and ``voted_for`` are saved (default: memory).
+            election_timeout_max: upper end of the timeout range (default ``2 * T``;
+                equal to ``T`` means no randomness).
+            rng: the only source of randomness (seed it to replay a run).
+            clock_drift: the largest relative rate difference between two
+                nodes' clocks; the lease lasts ``T * (1 - d) / (1 + d)``.
+
+        Returns:
+            ``(state, control)``: run ``raft_election(state)``, and send peer
+            messages and ``AddNode``/``RemoveNode``/``TransferLeadership`` into
+            ``control``.  Closing ``control`` ends the election.
+
+        Raises:
+            TypeError: a value of the wrong type.
+            ValueError: a configuration that cannot work.
+        """
+        check_node_id(self_id, "self_id")
+        timeout = check_seconds("election_timeout", election_timeout)
+        heartbeat = check_seconds("heartbeat_interval", heartbeat_interval)
+        msg_timeout = check_seconds("message_timeout", message_timeout)
+        timeout_max = (
+            2 * timeout if election_timeout_max is None else check_seconds("election_timeout_max", election_timeout_max)
+        )
+        if timeout_max < timeout:
+            raise ValueError(f"election_timeout_max ({timeout_max}) must be >= election_timeout ({timeout})")
+        if heartbeat > timeout / 2:
+            raise ValueError(
+                f"heartbeat_interval ({heartbeat}) must be at most half the election_timeout ({timeout}): "
+                "followers would time out between two heartbeats"
+            )
+        for name, value in (("max_nodes", max_nodes), ("min_nodes", min_nodes)):
+            if type(value) is bool or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1 (it counts this node), got {value}")
+        if min_nodes > max_nodes:
+            raise ValueError(f"min_nodes ({min_nodes}) must not exceed max_nodes ({max_nodes})")
+        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum)):
+            if type(flag) is not bool:
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if type(clock_drift) is bool or not isinstance(clock_drift, (int, float)):
+            raise TypeError(f"clock_drift must be a number, got {type(clock_drift).__name__}")
+        if not (0 <= clock_drift < 0.5) or math.isnan(clock_drift):
+            raise ValueError(f"clock_drift must be in [0, 0.5), got {clock_drift!r}")
+        peers: dict[NodeId, Node] = {}
+        for node in nodes:
+            node_id = getattr(node, "node_id", None)
+            check_node_id(node_id, "node.node_id")
+            assert node_id is not None
+            if not callable(getattr(node, "send_message", None)):
+                raise TypeError(f"node {node_id!r} has no send_message method")
+            if node_id == self_id:
+                raise ValueError(f"self_id {self_id!r} must not be among the peers in nodes")
+            if node_id in peers:
+                raise ValueError(f"duplicate node id {node_id!r} in nodes")
+            peers[node_id] = node
+        if len(peers) + 1 > max_nodes:
+            raise ValueError(f"{len(peers)} peers plus this node exceed max_nodes ({max_nodes})")
+        if storage is None:
+            storage = MemoryStorage()
+        elif not isinstance(storage, Storage):
+            raise TypeError("storage must have async load() and save(hard_state) methods")
+        if rng is None:
+            rng = random.Random()
+        elif not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
+        config = Config(
+            self_id=self_id,
+            election_timeout=timeout,
+            election_timeout_max=timeout_max,
+            heartbeat_interval=heartbeat,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
+        )
+        send, receive = anyio.create_memory_object_stream[ControlMessage | Message](_CONTROL_BUFFER)
+        state = cls(
+            config=config,
+            message_timeout=msg_timeout,
+            nodes=peers,
+            storage=storage,
+            rng=rng,
+            inbox=receive,
+        )
+        return state, send
+
+    # ------------------------------------------------------------------ view
+
+    def __repr__(self) -> str:
+        return f"<RaftElectionState {self.self_id!r} {self.role.value} term={self.term} leader={self.leader_id!r}>"
+
+    @property
+    def self_id(self) -> NodeId:
+        """This node's id."""
+        return self.config.self_id
+
+    @property
+    def role(self) -> Role:
+        """The current role (``FOLLOWER`` before the election starts)."""
+        if self._finished:
+            return Role.TERMINATED
+        return Role.FOLLOWER if self._core is None else self._core.role
+
+    @property
+    def term(self) -> int:
+        """The current term (0 before the election has loaded its storage)."""
+        return 0 if self._core is None else self._core.term
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        """The leader this node knows of for its term, or ``None``."""
+        if self._core is None or self._finished:
+            return None
+        return self._core.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node is the leader of its term."""
+        return self.role is Role.LEADER
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this node leads under a valid lease now.
+
+        While it holds, no other node can be elected: rely on it, not on
+        ``is_leader``, for work that must never run twice at once.  Read it
+        from inside the event loop that runs the election.
+        """
+        if self._core is None or self._clock is None or self._finished:
+            return False
+        return self._core.holds_lease(self._clock())
+
+    @property
+    def lease_expires_at(self) -> float:
+        """When the current lease ends, on ``anyio.current_time()``'s clock (``-inf``: no lease)."""
+        if self._core is None or self._finished:
+            return -math.inf
+        return self._core.lease_expires_at
+
+    @property
+    def peer_ids(self) -> tuple[NodeId, ...]:
+        """The peers in this node's view."""
+        if self._core is not None:
+            return self._core.peer_ids
+        return tuple(self._nodes)
+
+    @property
+    def core(self) -> Election | None:
+        """The election core while the election runs (for tests and tools)."""
+        return self._core
+
+    def status(self) -> Status:
+        """Return a snapshot of the role, term, leader, lease and counters."""
+        core = self._core
+        counters = core.counters if core is not None else CoreCounters()
+        driver = self._driver_counters
+        now = self._clock() if self._clock is not None and not self._finished else None
+        lease_left = 0.0
+        last_ack: tuple[tuple[NodeId, float | None], ...] = ()
+        if core is not None and now is not None:
+            lease_left = max(0.0, core.lease_expires_at - now) if core.holds_lease(now) else 0.0
+            if core.role is Role.LEADER:
+                acks = ((p, core.last_ack_at(p)) for p in core.peer_ids)
+                last_ack = tuple((p, None if at is None else now - at) for p, at in acks)
+        return Status(
+            self_id=self.self_id,
+            role=self.role,
+            term=self.term,
+            leader_id=self.leader_id,
+            is_leader=self.is_leader,
+            holds_lease=lease_left > 0.0,
+            lease_remaining=lease_left,
+            voted_for=None if core is None else core.voted_for,
+            peer_ids=self.peer_ids,
+            peer_last_ack=last_ack,
+            elections_started=counters.elections_started,
+            elections_won=counters.elections_won,
+            elections_lost=counters.elections_lost,
+            pre_votes_started=counters.pre_votes_started,
+            votes_granted=counters.votes_granted,
+            votes_refused=counters.votes_refused,
+            step_downs=counters.step_downs,
+            check_quorum_step_downs=counters.check_quorum_step_downs,
+            transfers_started=counters.transfers_started,
+            messages_received=driver.messages_received,
+            messages_sent=driver.messages_sent,
+            messages_rejected=driver.messages_rejected + counters.messages_rejected,
+            messages_dropped=driver.messages_dropped,
+            send_failures=driver.send_failures,
+        )
+
+    def subscribe(self, buffer: int = 16) -> Subscription:
+        """Return a stream of ``LeaderChanged`` events, starting with the current view.
+
+        Args:
+            buffer: how many unread events to keep; beyond it the oldest are
+                dropped, so a slow reader still ends with the latest view.
+
+        Raises:
+            ValueError: ``buffer`` is below 1.
+        """
+        if type(buffer) is bool or not isinstance(buffer, int):
+            raise TypeError(f"buffer must be an int, got {type(buffer).__name__}")
+        if buffer < 1:
+            raise ValueError(f"buffer must be >= 1, got {buffer}")
+        sub = Subscription(self, buffer)
+        sub._push(LeaderChanged(self.term, self.leader_id))
+        if self._finished:
+            sub._end()
+        else:
+            self._subscriptions.add(sub)
+        return sub
+
+    # ------------------------------------------------------- driver's hooks
+
+    def _claim(self) -> None:
+        if self._started:
+            raise RuntimeError(f"the election of node {self.self_id!r} has already been started; build a new state")
+        self._started = True
+
+    def _attach(self, core: Election, clock: Callable[[], float]) -> None:
+        self._core = core
+        self._clock = clock
+
+    def _publish(self, event: LeaderChanged) -> None:
+        for sub in list(self._subscriptions):
+            sub._push(event)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._inbox.close()
+        for sub in list(self._subscriptions):
+            sub._end()
+        self._subscriptions.clear()

@@ -1,0 +1,113 @@
+"""``Storage`` implementations: in memory, and in a file written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import final
+
+import anyio.to_thread
+
+from ._protocols import HardState
+
+_FORMAT_VERSION = 1
+
+
+@final
+class MemoryStorage:
+    """Keeps the ``HardState`` in memory: the default.
+
+    It survives a restart of the election task inside one process (reuse the
+    same object), not a restart of the process.
+    """
+
+    __slots__ = ("_state", "saves")
+
+    def __init__(self, initial: HardState | None = None) -> None:
+        self._state = initial
+        self.saves = 0
+        """How many times ``save`` was called."""
+
+    async def load(self) -> HardState | None:
+        """Return the last saved state, or ``None``."""
+        return self._state
+
+    async def save(self, hard_state: HardState) -> None:
+        """Remember *hard_state*."""
+        self._state = hard_state
+        self.saves += 1
+
+
+@final
+class FileStorage:
+    """Keeps the ``HardState`` in a small JSON file, written atomically.
+
+    Each ``save`` writes a temporary file beside the target, fsyncs it, renames
+    it over the target and fsyncs the directory, so that after a crash the file
+    holds either the old or the new state, never a mix, and a restarted node
+    never votes twice in one term.  ``load`` raises ``ValueError`` for a file
+    that exists but cannot be understood: a corrupt file is never read as
+    "term 0, no vote".
+
+    Args:
+        path: the file; its directory must exist.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"FileStorage({str(self.path)!r})"
+
+    async def load(self) -> HardState | None:
+        """Return the saved state, ``None`` if the file does not exist.
+
+        Raises:
+            ValueError: the file exists but is not a valid state file.
+            OSError: the file cannot be read.
+        """
+        return await anyio.to_thread.run_sync(self._load_sync)
+
+    async def save(self, hard_state: HardState) -> None:
+        """Write *hard_state* durably (temp file, fsync, rename, fsync dir)."""
+        await anyio.to_thread.run_sync(self._save_sync, hard_state)
+
+    def _load_sync(self) -> HardState | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.path}: corrupt almost_raft state file: {exc}") from None
+        if not isinstance(data, dict) or set(data) != {"version", "term", "voted_for"}:
+            raise ValueError(
+                f"{self.path}: corrupt almost_raft state file: expected an object with keys "
+                "'version', 'term' and 'voted_for'"
+            )
+        if data["version"] != _FORMAT_VERSION:
+            raise ValueError(f"{self.path}: unsupported state file version {data['version']!r}")
+        try:
+            return HardState(data["term"], data["voted_for"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: corrupt almost_raft state file: {exc}") from None
+
+    def _save_sync(self, hard_state: HardState) -> None:
+        body = json.dumps(
+            {"version": _FORMAT_VERSION, "term": hard_state.term, "voted_for": hard_state.voted_for}
+        ).encode("utf-8")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as file:
+            file.write(body)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
