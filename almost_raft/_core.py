@@ -142,6 +142,7 @@ class CoreCounters:
     pre_votes_started: int = 0
     votes_granted: int = 0
     votes_refused: int = 0
+    pre_votes_refused: int = 0
     step_downs: int = 0
     check_quorum_step_downs: int = 0
     transfers_started: int = 0
@@ -189,6 +190,7 @@ class Election:
         # leader: a restart must not cut another node's lease short.
         self._sticky_until = now + config.election_timeout
         self._last_leader_contact = -_NEVER
+        self._candidacy_paused = False
         self._election_deadline = now + self._random_timeout()
         # candidate state
         self._pre_phase = False
@@ -261,6 +263,35 @@ class Election:
         if self._role is not Role.LEADER:
             return -_NEVER
         return self._lease_expires_at
+
+    @property
+    def last_leader_contact(self) -> float:
+        """When this node last accepted a heartbeat from a leader (``-inf``: never)."""
+        return self._last_leader_contact
+
+    @property
+    def candidacy_paused(self) -> bool:
+        """Whether this node is kept from standing for election (``pause_candidacy``)."""
+        return self._candidacy_paused
+
+    def set_candidacy_paused(self, paused: bool, now: float) -> Output:
+        """Keep this node from standing (a node being drained), or let it stand again.
+
+        A paused node still votes and follows; it ignores its election timer
+        and ``TimeoutNow``.  Pausing a leader hands leadership over at once;
+        pausing a candidate makes it a follower.
+        """
+        if self._role is Role.TERMINATED or paused == self._candidacy_paused:
+            return self._flush()
+        self._candidacy_paused = paused
+        logger.info(
+            "node %r term %d: candidacy %s", self._self_id, self._term, "paused" if paused else "resumed"
+        )
+        if paused and self._role is Role.LEADER:
+            return self.transfer_leadership(None, now)
+        if paused and self._role is Role.CANDIDATE:
+            self._become_follower(now, self._term, None)
+        return self._flush()
 
     def holds_lease(self, now: float) -> bool:
         """Whether this node leads under a valid lease at *now*."""
@@ -381,7 +412,7 @@ class Election:
             # The leader left this node's view: its heartbeats no longer count.
             self._leader_id = None
             self._sticky_until = self._started_at + self.config.election_timeout
-            if self.cluster_size >= self.config.min_nodes:
+            if self.cluster_size >= self.config.min_nodes and not self._candidacy_paused:
                 self._start_campaign(now)
         elif self._role is Role.LEADER:
             self._update_lease()
@@ -474,6 +505,8 @@ class Election:
             self.counters.votes_granted += 1
         else:
             self.counters.votes_refused += 1
+            if m.pre_vote:
+                self.counters.pre_votes_refused += 1
         self._sends.append((m.candidate_id, VoteResponse(term, self._self_id, granted, m.pre_vote)))
 
     def _on_vote_response(self, m: VoteResponse, now: float) -> None:
@@ -535,24 +568,29 @@ class Election:
     def _on_timeout_now(self, m: TimeoutNow, now: float) -> None:
         if m.term < self._term:
             return  # stale transfer of an earlier term
-        if self._role is Role.LEADER:
-            self._reject(m, f"asks the leader of term {self._term} to stand")
-            return
         if m.term == self._term and self._leader_id is not None and self._leader_id != m.leader_id:
             self._reject(m, f"sent by {m.leader_id!r}, but term {m.term} is led by {self._leader_id!r}")
             return
-        if self.cluster_size < self.config.min_nodes:
-            return
         if m.term > self._term:
             self._become_follower(now, m.term, m.leader_id)
+        if self.cluster_size < self.config.min_nodes or self._candidacy_paused:
+            logger.info(
+                "node %r term %d: leadership transfer from %r ignored (%s)",
+                self._self_id,
+                self._term,
+                m.leader_id,
+                "candidacy paused" if self._candidacy_paused else "cluster below min_nodes",
+            )
+            return
         logger.info(
             "node %r term %d: leadership transfer from %r, standing at once", self._self_id, self._term, m.leader_id
         )
         self._become_candidate(now, transfer=True)
 
     def _on_election_timeout(self, now: float) -> None:
-        if self.cluster_size < self.config.min_nodes:
-            # Not enough members to elect anyone: wait (and stop standing).
+        if self.cluster_size < self.config.min_nodes or self._candidacy_paused:
+            # Not enough members to elect anyone, or a node being drained:
+            # wait (and stop standing).
             if self._role is Role.CANDIDATE:
                 self._become_follower(now, self._term, None)
             self._election_deadline = now + self._random_timeout()

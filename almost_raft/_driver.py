@@ -27,7 +27,7 @@ from ._messages import (
     Role,
     TransferLeadership,
 )
-from ._state import RaftElectionState
+from ._state import RaftElectionState, bump
 
 logger = logging.getLogger("almost_raft")
 
@@ -55,8 +55,10 @@ class _PeerSender:
         if self._closed:
             return
         if len(self._queue) >= PEER_QUEUE_SIZE:
-            self._queue.popleft()
-            self._state._driver_counters.messages_dropped += 1
+            dropped = self._queue.popleft()
+            counters = self._state._driver_counters
+            counters.messages_dropped += 1
+            bump(counters.dropped_by_kind, type(dropped).__name__)
         self._queue.append(message)
         if self._waiter is not None:
             self._waiter.set()
@@ -97,11 +99,13 @@ class _PeerSender:
             error = f"no answer within message_timeout={state.message_timeout}s"
         if error is None:
             counters.messages_sent += 1
+            bump(counters.sent_by_kind, type(message).__name__)
             if self._failing:
                 self._failing = False
                 logger.info("node %r term %d: sending to %r works again", state.self_id, state.term, self.peer_id)
             return
         counters.send_failures += 1
+        counters.send_failures_by_peer[self.peer_id] = counters.send_failures_by_peer.get(self.peer_id, 0) + 1
         # Log once per change of state, not once per message.
         if not self._failing:
             self._failing = True
@@ -125,6 +129,17 @@ class _Driver:
         self.core = core
         self.tg = tg
         self.senders: dict[NodeId, _PeerSender] = {}
+        self._wait_scope: anyio.CancelScope | None = None
+        self._view = self._snapshot()
+
+    def _snapshot(self) -> tuple[object, ...]:
+        core = self.core
+        return (core.role, core.term, core.leader_id, core.lease_expires_at, core.candidacy_paused)
+
+    def wake(self) -> None:
+        """Interrupt the wait for input: a request arrived through the state."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     def start_sender(self, peer_id: NodeId) -> None:
         sender = _PeerSender(self.state, peer_id)
@@ -138,6 +153,7 @@ class _Driver:
 
     def reject(self, item: object, why: str) -> None:
         self.state._driver_counters.messages_rejected += 1
+        bump(self.state._driver_counters.rejected_by_kind, type(item).__name__)
         logger.warning("node %r term %d: dropped %r from control: %s", self.state.self_id, self.core.term, item, why)
 
     def handle(self, item: object, now: float) -> Output | None:
@@ -150,6 +166,7 @@ class _Driver:
                 self.reject(item, str(exc))
                 return None
             state._driver_counters.messages_received += 1
+            bump(state._driver_counters.received_by_kind, type(item).__name__)
             return core.step(item, now)  # type: ignore[arg-type]
         if isinstance(item, AddNode):
             try:
@@ -200,19 +217,38 @@ class _Driver:
         for event in out.events:
             logger.info("node %r term %d: leader is now %r", state.self_id, event.term, event.leader_id)
             state._publish(event)
+        view = self._snapshot()
+        if view != self._view:
+            self._view = view
+            state._notify_changed()
+
+    def run_command(self, command: TransferLeadership | bool, now: float) -> Output:
+        if isinstance(command, TransferLeadership):
+            return self.core.transfer_leadership(command.target_id, now)
+        return self.core.set_candidacy_paused(command, now)
 
     async def run(self) -> None:
         core = self.core
-        inbox = self.state._inbox
+        state = self.state
+        inbox = state._inbox
+        if state._paused_at_start:
+            await self.apply(core.set_candidacy_paused(True, anyio.current_time()))
+        state._wake_driver = self.wake
         while core.role is not Role.TERMINATED:
+            if state._commands:
+                await self.apply(self.run_command(state._commands.popleft(), anyio.current_time()))
+                continue
             deadline = core.next_deadline
             item: object = _TIMER
-            with anyio.CancelScope(deadline=deadline):
+            with anyio.CancelScope(deadline=deadline) as self._wait_scope:
                 try:
                     item = await inbox.receive()
                 except anyio.EndOfStream:
                     item = _CLOSED
+            self._wait_scope = None
             now = anyio.current_time()
+            if item is _TIMER and now < deadline:
+                continue  # woken up for a request, see the top of the loop
             if item is _TIMER:
                 # Jitter must never show the core an early timer.
                 out: Output | None = core.tick(max(now, deadline))
@@ -268,13 +304,38 @@ async def raft_election(
             list(core.peer_ids),
             core.voted_for,
         )
-        async with anyio.create_task_group() as tg:
-            driver = _Driver(state, core, tg)
-            for peer_id in core.peer_ids:
-                driver.start_sender(peer_id)
-            task_status.started()
-            await driver.run()
-            await driver.drain()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                driver = _Driver(state, core, tg)
+                for peer_id in core.peer_ids:
+                    driver.start_sender(peer_id)
+                task_status.started()
+                await driver.run()
+                await driver.drain()
+                tg.cancel_scope.cancel()
+        finally:
+            if core.role is Role.LEADER:
+                await _hand_over(state, core)
     finally:
         state._finish()
+
+
+async def _hand_over(state: RaftElectionState, core: Election) -> None:
+    """A leader cancelled (or failing) hands over with ``TimeoutNow`` before it goes.
+
+    Shielded and bounded by ``message_timeout``: a rolling restart then costs
+    one round trip instead of an election timeout.
+    """
+    with anyio.CancelScope(shield=True):
+        out = core.shutdown(anyio.current_time())
+        for event in out.events:
+            state._publish(event)
+        with anyio.move_on_after(state.message_timeout):
+            for to_id, message in out.sends:
+                node = state._nodes.get(to_id)
+                if node is None:
+                    continue
+                try:
+                    await node.send_message(message)
+                except Exception as exc:
+                    logger.warning("node %r term %d: hand-over to %r failed: %s", state.self_id, core.term, to_id, exc)

@@ -6,7 +6,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
@@ -14,7 +14,16 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._core import Config, CoreCounters, Election
-from ._messages import ControlMessage, LeaderChanged, Message, NodeId, Role, check_node_id, check_seconds
+from ._messages import (
+    ControlMessage,
+    LeaderChanged,
+    Message,
+    NodeId,
+    Role,
+    TransferLeadership,
+    check_node_id,
+    check_seconds,
+)
 from ._protocols import Node, Storage
 from ._storage import MemoryStorage
 
@@ -41,12 +50,16 @@ class Status:
         peer_ids: the peers in its view.
         peer_last_ack: for a leader, seconds since each peer last acknowledged
             a heartbeat (``None``: never in this term); empty otherwise.
+        leader_contact_age: for a follower, seconds since it last accepted a
+            heartbeat (``None``: never); ``None`` for a leader.
+        candidacy_paused: ``pause_candidacy()`` is in force.
         elections_started: real elections started (term raised to stand).
         elections_won: elections won.
         elections_lost: election rounds that timed out without a win.
         pre_votes_started: pre-vote rounds started.
         votes_granted: votes and pre-votes this node granted.
         votes_refused: votes and pre-votes this node refused.
+        pre_votes_refused: pre-votes this node refused.
         step_downs: times it stopped being leader.
         check_quorum_step_downs: step-downs because no quorum answered within T.
         transfers_started: ``TimeoutNow`` messages sent.
@@ -56,6 +69,11 @@ class Status:
             nonsense fields, impossible control requests).
         messages_dropped: outgoing messages dropped because a peer's queue was full.
         send_failures: ``send_message`` calls that raised or timed out.
+        received_by_kind: ``messages_received`` by message class name.
+        sent_by_kind: ``messages_sent`` by message class name.
+        rejected_by_kind: ``messages_rejected`` by class name of the bad input.
+        dropped_by_kind: ``messages_dropped`` by message class name.
+        send_failures_by_peer: ``send_failures`` by peer id.
     """
 
     self_id: NodeId
@@ -68,12 +86,15 @@ class Status:
     voted_for: NodeId | None
     peer_ids: tuple[NodeId, ...]
     peer_last_ack: tuple[tuple[NodeId, float | None], ...]
+    leader_contact_age: float | None
+    candidacy_paused: bool
     elections_started: int
     elections_won: int
     elections_lost: int
     pre_votes_started: int
     votes_granted: int
     votes_refused: int
+    pre_votes_refused: int
     step_downs: int
     check_quorum_step_downs: int
     transfers_started: int
@@ -82,6 +103,11 @@ class Status:
     messages_rejected: int
     messages_dropped: int
     send_failures: int
+    received_by_kind: dict[str, int]
+    sent_by_kind: dict[str, int]
+    rejected_by_kind: dict[str, int]
+    dropped_by_kind: dict[str, int]
+    send_failures_by_peer: dict[NodeId, int]
 
     def as_dict(self) -> dict[str, object]:
         """The snapshot as a plain dict (role as its string value), for any metrics system."""
@@ -89,6 +115,9 @@ class Status:
         out["role"] = self.role.value
         out["peer_ids"] = list(self.peer_ids)
         out["peer_last_ack"] = {str(k): v for k, v in self.peer_last_ack}
+        out["send_failures_by_peer"] = {str(k): v for k, v in self.send_failures_by_peer.items()}
+        for name in ("received_by_kind", "sent_by_kind", "rejected_by_kind", "dropped_by_kind"):
+            out[name] = dict(getattr(self, name))
         return out
 
 
@@ -102,6 +131,20 @@ class DriverCounters:
     messages_rejected: int = 0
     messages_dropped: int = 0
     send_failures: int = 0
+    received_by_kind: dict[str, int] = field(default_factory=dict)
+    sent_by_kind: dict[str, int] = field(default_factory=dict)
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)
+    dropped_by_kind: dict[str, int] = field(default_factory=dict)
+    send_failures_by_peer: dict[NodeId, int] = field(default_factory=dict)
+
+
+def bump(counts: dict[str, int], key: str) -> None:
+    """Add one to ``counts[key]``."""
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in b}
 
 
 @final
@@ -227,6 +270,12 @@ class RaftElectionState:
         self._finished = False
         self._subscriptions: set[Subscription] = set()
         self._driver_counters = DriverCounters()
+        # Requests from the application that bypass ``control`` (see
+        # transfer_leadership, pause_candidacy); the driver wakes up for them.
+        self._commands: deque[TransferLeadership | bool] = deque()
+        self._wake_driver: Callable[[], None] | None = None
+        self._paused_at_start = False
+        self._changed: anyio.Event | None = None
 
     @classmethod
     def init(
@@ -423,7 +472,10 @@ class RaftElectionState:
         now = self._clock() if self._clock is not None and not self._finished else None
         lease_left = 0.0
         last_ack: tuple[tuple[NodeId, float | None], ...] = ()
+        contact_age: float | None = None
         if core is not None and now is not None:
+            if core.role is Role.FOLLOWER and core.last_leader_contact > -math.inf:
+                contact_age = now - core.last_leader_contact
             lease_left = max(0.0, core.lease_expires_at - now) if core.holds_lease(now) else 0.0
             if core.role is Role.LEADER:
                 acks = ((p, core.last_ack_at(p)) for p in core.peer_ids)
@@ -439,12 +491,15 @@ class RaftElectionState:
             voted_for=None if core is None else core.voted_for,
             peer_ids=self.peer_ids,
             peer_last_ack=last_ack,
+            leader_contact_age=contact_age,
+            candidacy_paused=core is not None and core.candidacy_paused,
             elections_started=counters.elections_started,
             elections_won=counters.elections_won,
             elections_lost=counters.elections_lost,
             pre_votes_started=counters.pre_votes_started,
             votes_granted=counters.votes_granted,
             votes_refused=counters.votes_refused,
+            pre_votes_refused=counters.pre_votes_refused,
             step_downs=counters.step_downs,
             check_quorum_step_downs=counters.check_quorum_step_downs,
             transfers_started=counters.transfers_started,
@@ -453,6 +508,14 @@ class RaftElectionState:
             messages_rejected=driver.messages_rejected + counters.messages_rejected,
             messages_dropped=driver.messages_dropped,
             send_failures=driver.send_failures,
+            received_by_kind=dict(driver.received_by_kind),
+            sent_by_kind=dict(driver.sent_by_kind),
+            rejected_by_kind={
+                **counters.rejected_by_kind,
+                **_merge(counters.rejected_by_kind, driver.rejected_by_kind),
+            },
+            dropped_by_kind=dict(driver.dropped_by_kind),
+            send_failures_by_peer=dict(driver.send_failures_by_peer),
         )
 
     def subscribe(self, buffer: int = 16) -> Subscription:
@@ -477,7 +540,61 @@ class RaftElectionState:
             self._subscriptions.add(sub)
         return sub
 
+    # ------------------------------------------------------------- requests
+
+    def transfer_leadership(self, target_id: NodeId | None = None) -> None:
+        """Ask this node, if it leads, to hand leadership to *target_id*.
+
+        The same as sending ``TransferLeadership(target_id)`` into ``control``,
+        without needing ``control``; it does not wait.  ``None`` picks the peer
+        that acknowledged most recently.
+
+        Raises:
+            RuntimeError: the election is not running.
+        """
+        request = TransferLeadership(target_id)
+        if not self._started or self._finished:
+            raise RuntimeError(f"the election of node {self.self_id!r} is not running")
+        self._submit(request)
+
+    def pause_candidacy(self) -> None:
+        """Keep this node from standing for election, e.g. while it is drained.
+
+        It still votes and follows.  If it leads, it hands leadership over at
+        once.  Allowed before the election starts.
+        """
+        if not self._started:
+            self._paused_at_start = True
+        elif not self._finished:
+            self._submit(True)
+
+    def resume_candidacy(self) -> None:
+        """Undo ``pause_candidacy``."""
+        if not self._started:
+            self._paused_at_start = False
+        elif not self._finished:
+            self._submit(False)
+
+    def _submit(self, command: TransferLeadership | bool) -> None:
+        self._commands.append(command)
+        if self._wake_driver is not None:
+            self._wake_driver()
+
+    async def wait_changed(self) -> None:
+        """Wait until the role, term, leader or lease of this node changes, or the election ends."""
+        if self._finished:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
     # ------------------------------------------------------- driver's hooks
+
+    def _notify_changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _claim(self) -> None:
         if self._started:
@@ -494,6 +611,8 @@ class RaftElectionState:
 
     def _finish(self) -> None:
         self._finished = True
+        self._wake_driver = None
+        self._notify_changed()
         self._inbox.close()
         for sub in list(self._subscriptions):
             sub._end()

@@ -39,7 +39,7 @@ class MemoryNetwork:
         self._controls[node_id] = control
 
     def unregister(self, node_id: NodeId) -> None:
-        """Stop delivering to *node_id*: its messages are lost, as with a crashed process."""
+        """Take *node_id* off the network, as a crashed process: nothing reaches it, nothing leaves it."""
         self._controls.pop(node_id, None)
 
     def node(self, peer_id: NodeId, *, sender_id: NodeId) -> MemoryNode:
@@ -77,7 +77,7 @@ class MemoryNetwork:
         if self.latency > 0:
             await anyio.sleep(self.latency)
         control = self._controls.get(peer_id)
-        if control is None or not self.connected(sender_id, peer_id):
+        if control is None or sender_id not in self._controls or not self.connected(sender_id, peer_id):
             self.dropped += 1
             return
         try:
