@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -45,9 +46,10 @@ def _doc(obj: object) -> str:
 
 def _signature(obj: object) -> str:
     try:
-        return str(inspect.signature(obj))  # type: ignore[arg-type]
+        text = str(inspect.signature(obj))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return ""
+    return re.sub(r" object at 0x[0-9a-fA-F]+", " object", text)  # stable across runs
 
 
 def _member_lines(cls: type) -> list[str]:
