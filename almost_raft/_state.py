@@ -205,6 +205,7 @@ class Subscription:
             anyio.EndOfStream: the election ended (or ``close`` was called)
                 and every event was read.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
                 event = self.receive_nowait()
@@ -213,7 +214,8 @@ class Subscription:
                     self._waiter = anyio.Event()
                 await self._waiter.wait()
             else:
-                await anyio.lowlevel.checkpoint()
+                # A checkpoint that cannot lose the event to a cancellation.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
                 return event
 
     def close(self) -> None:
