@@ -11,7 +11,11 @@ and subscribers get events through buffers that drop the oldest.
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -34,21 +38,84 @@ logger = logging.getLogger("almost_raft")
 PEER_QUEUE_SIZE: Final = 64
 """Outgoing messages kept per peer; when full, the oldest is dropped (a newer one supersedes it)."""
 
-_TIMER: Final = object()
 _CLOSED: Final = object()
+
+_MAILBOX_SIZE: Final = 1024
+"""Input handed over directly and not yet handled; beyond it, direct input is lost (as with ``control``)."""
+
+_MAX_DEPTH: Final = 8
+"""How many nodes may handle input nested in one task before the rest waits for its own task."""
+
+
+class _Depth(threading.local):
+    value = 0
+
+
+_depth = _Depth()
+_running: weakref.WeakKeyDictionary[RaftElectionState, _Driver] = weakref.WeakKeyDictionary()
+
+
+def deliver_nowait(state: RaftElectionState, message: Message) -> bool | None:
+    """Hand *message* straight to the running election of *state*, without a task switch.
+
+    The in-memory transport's fast path: the message is handled as if it had
+    arrived through ``control`` (same checks, same counters, in order with
+    what is queued), at once when the node is idle.
+
+    Returns:
+        ``True`` when taken, ``False`` when lost (the node's mailbox is
+        full), ``None`` when the election of *state* is not running here: the
+        caller then goes through ``control``.
+    """
+    driver = _running.get(state)
+    if driver is None:
+        return None
+    return driver.offer(message, direct=True)
 
 
 class _PeerSender:
-    """Sends one peer's messages in order, apart from the election loop."""
+    """Sends one peer's messages in order, apart from the election loop.
 
-    def __init__(self, state: RaftElectionState, peer_id: NodeId) -> None:
+    Its task is started on the first message that needs it: a peer whose
+    ``Node`` takes every message through ``send_message_nowait`` (the
+    in-memory transport does) never costs a task.
+    """
+
+    def __init__(self, state: RaftElectionState, peer_id: NodeId, spawn: Callable[[_PeerSender], None]) -> None:
         self._state = state
         self.peer_id = peer_id
         self._queue: deque[Message] = deque()
         self._closed = False
         self._waiter: anyio.Event | None = None
         self._failing = False
-        self.done = anyio.Event()
+        self._spawn: Callable[[_PeerSender], None] | None = spawn
+        self._sending = False
+        self.done: anyio.Event | None = None
+
+    def send_nowait(self, message: Message) -> bool:
+        """Hand *message* to the node at once if it can take it without waiting.
+
+        Returns ``False`` when the message must go through the sender task:
+        the node has no ``send_message_nowait``, it raised ``WouldBlock``, or
+        earlier messages are still queued (order is kept).
+        """
+        if self._queue or self._sending or self._closed:
+            return False
+        node = self._state._nodes.get(self.peer_id)
+        if node is None:
+            return True  # removed meanwhile: the message is lost, as from the queue
+        send_nowait = getattr(node, "send_message_nowait", None)
+        if send_nowait is None:
+            return False
+        try:
+            send_nowait(message)
+        except anyio.WouldBlock:
+            return False
+        except Exception as exc:  # a Node's failure is a lost message, never ours
+            self._record(message, f"{type(exc).__name__}: {exc}")
+        else:
+            self._record(message, None)
+        return True
 
     def push(self, message: Message) -> None:
         """Queue *message* without waiting; drop the oldest one when the queue is full."""
@@ -60,6 +127,10 @@ class _PeerSender:
             counters.messages_dropped += 1
             bump(counters.dropped_by_kind, type(dropped).__name__)
         self._queue.append(message)
+        if self._spawn is not None:
+            spawn, self._spawn = self._spawn, None
+            self.done = anyio.Event()
+            spawn(self)
         if self._waiter is not None:
             self._waiter.set()
             self._waiter = None
@@ -82,13 +153,17 @@ class _PeerSender:
                 message = self._queue.popleft()
                 node = self._state._nodes.get(self.peer_id)
                 if node is not None:
-                    await self._send(node.send_message, message)
+                    self._sending = True
+                    try:
+                        await self._send(node.send_message, message)
+                    finally:
+                        self._sending = False
         finally:
-            self.done.set()
+            if self.done is not None:
+                self.done.set()
 
     async def _send(self, send: object, message: Message) -> None:
         state = self._state
-        counters = state._driver_counters
         error: str | None = None
         with anyio.move_on_after(state.message_timeout) as scope:
             try:
@@ -97,6 +172,11 @@ class _PeerSender:
                 error = f"{type(exc).__name__}: {exc}"
         if scope.cancelled_caught:
             error = f"no answer within message_timeout={state.message_timeout}s"
+        self._record(message, error)
+
+    def _record(self, message: Message, error: str | None) -> None:
+        state = self._state
+        counters = state._driver_counters
         if error is None:
             counters.messages_sent += 1
             bump(counters.sent_by_kind, type(message).__name__)
@@ -124,27 +204,116 @@ class _PeerSender:
 
 
 class _Driver:
+    """Owns one node's core: every input goes through ``offer`` into one mailbox.
+
+    Whoever offers an input while nobody is stepping the core handles it at
+    once, in its own task and without awaiting: the receive task for what
+    arrives through ``control``, the sending node's task for what the
+    in-memory transport hands over directly (``deliver_nowait``).  An output
+    that must be saved first (a new term or vote) goes to the node's own
+    task, which awaits ``storage.save`` before anything is sent; until then
+    the node is ``busy`` and new input waits in the mailbox, in order.  The
+    node's own task otherwise only sleeps until the core's next deadline.
+    """
+
     def __init__(self, state: RaftElectionState, core: Election, tg: TaskGroup) -> None:
         self.state = state
         self.core = core
         self.tg = tg
         self.senders: dict[NodeId, _PeerSender] = {}
-        self._wait_scope: anyio.CancelScope | None = None
         self._view = self._snapshot()
+        self.mailbox: deque[object] = deque()
+        self.busy = True  # until run() starts taking input
+        self.deferred: Output | None = None
+        self._timer_scope: anyio.CancelScope | None = None
+        self._sleeping = False
+        self._sleep_until = -math.inf
+        self._run_pending = False
 
     def _snapshot(self) -> tuple[object, ...]:
         core = self.core
         return (core.role, core.term, core.leader_id, core.lease_expires_at, core.candidacy_paused)
 
     def wake(self) -> None:
-        """Interrupt the wait for input: a request arrived through the state."""
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        """Interrupt the node's own task if it sleeps: it has work (a request, an output to save, a timer)."""
+        if self._sleeping and self._timer_scope is not None:
+            self._sleeping = False
+            self._timer_scope.cancel()
+
+    # ----------------------------------------------------------------- input
+
+    def offer(self, item: object, *, direct: bool = False) -> bool:
+        """Queue *item* for the core, and handle it at once if nobody is stepping the core.
+
+        Returns ``False`` (the item is lost) when *direct* and the mailbox
+        is full, as a full ``control`` buffer loses a message.
+        """
+        mailbox = self.mailbox
+        if direct and len(mailbox) >= _MAILBOX_SIZE:
+            return False
+        mailbox.append(item)
+        if not self.busy:
+            depth = _depth.value
+            if depth >= _MAX_DEPTH:
+                # A long chain of nodes answering each other in one task:
+                # let this node's own task take it from here.
+                self._run_pending = True
+                self.wake()
+            else:
+                _depth.value = depth + 1
+                try:
+                    self._process_now()
+                finally:
+                    _depth.value = depth
+        return True
+
+    def _take(self, item: object, now: float) -> Output | None:
+        if item is _CLOSED:
+            logger.info("node %r term %d: control was closed", self.state.self_id, self.core.term)
+            return self.core.shutdown(now)
+        return self.handle(item, now)
+
+    def _process_now(self) -> None:
+        """Handle the mailbox in the caller's task; an output to save goes to the node's own task."""
+        core = self.core
+        mailbox = self.mailbox
+        self.busy = True
+        try:
+            while mailbox and core.role is not Role.TERMINATED:
+                out = self._take(mailbox.popleft(), anyio.current_time())
+                if out is None:
+                    continue
+                if out.persist is not None:
+                    # Saved before anything that reflects it is sent: only the
+                    # node's own task may await storage.  It stays busy until then.
+                    self.deferred = out
+                    self.wake()
+                    return
+                self.apply_now(out)
+        except BaseException:
+            self.busy = False
+            raise
+        self.busy = False
+        if core.role is Role.TERMINATED or core.next_deadline < self._sleep_until:
+            self.wake()
+
+    async def _process(self) -> None:
+        """Handle the mailbox in the node's own task (busy is set), awaiting saves."""
+        core = self.core
+        mailbox = self.mailbox
+        try:
+            while mailbox and core.role is not Role.TERMINATED:
+                out = self._take(mailbox.popleft(), anyio.current_time())
+                if out is not None:
+                    await self.apply(out)
+        finally:
+            self.busy = False
 
     def start_sender(self, peer_id: NodeId) -> None:
-        sender = _PeerSender(self.state, peer_id)
-        self.senders[peer_id] = sender
-        self.tg.start_soon(sender.run, name=f"almost_raft sender {self.state.self_id!r}->{peer_id!r}")
+        self.senders[peer_id] = _PeerSender(self.state, peer_id, self._spawn_sender)
+
+    def _spawn_sender(self, sender: _PeerSender) -> None:
+        self.tg.start_soon(sender.run, name=f"almost_raft sender {self.state.self_id!r}->{sender.peer_id!r}")
 
     def stop_sender(self, peer_id: NodeId) -> None:
         sender = self.senders.pop(peer_id, None)
@@ -206,13 +375,17 @@ class _Driver:
         return None
 
     async def apply(self, out: Output) -> None:
-        state = self.state
         if out.persist is not None:
             # Saved before anything that reflects it is sent (paper, Figure 2).
-            await state.storage.save(out.persist)
+            await self.state.storage.save(out.persist)
+        self.apply_now(out)
+
+    def apply_now(self, out: Output) -> None:
+        """Carry out *out* after its ``persist`` (if any) was saved: send, publish."""
+        state = self.state
         for to_id, message in out.sends:
             sender = self.senders.get(to_id)
-            if sender is not None:
+            if sender is not None and not sender.send_nowait(message):
                 sender.push(message)
         for event in out.events:
             logger.info("node %r term %d: leader is now %r", state.self_id, event.term, event.leader_id)
@@ -227,38 +400,77 @@ class _Driver:
             return self.core.transfer_leadership(command.target_id, now)
         return self.core.set_candidacy_paused(command, now)
 
-    async def run(self) -> None:
-        core = self.core
-        state = self.state
-        inbox = state._inbox
-        if state._paused_at_start:
-            await self.apply(core.set_candidacy_paused(True, anyio.current_time()))
-        state._wake_driver = self.wake
-        while core.role is not Role.TERMINATED:
-            if state._commands:
-                await self.apply(self.run_command(state._commands.popleft(), anyio.current_time()))
-                continue
-            deadline = core.next_deadline
-            item: object = _TIMER
-            with anyio.CancelScope(deadline=deadline) as self._wait_scope:
+    async def receive(self) -> None:
+        """The receive task: hand everything that arrives through ``control`` to ``offer``."""
+        inbox = self.state._inbox
+        while True:
+            try:
+                item: object = inbox.receive_nowait()
+            except anyio.WouldBlock:
                 try:
                     item = await inbox.receive()
                 except anyio.EndOfStream:
-                    item = _CLOSED
-            self._wait_scope = None
-            now = anyio.current_time()
-            if item is _TIMER and now < deadline:
-                continue  # woken up for a request, see the top of the loop
-            if item is _TIMER:
-                # Jitter must never show the core an early timer.
-                out: Output | None = core.tick(max(now, deadline))
-            elif item is _CLOSED:
-                logger.info("node %r term %d: control was closed", self.state.self_id, core.term)
-                out = core.shutdown(now)
-            else:
-                out = self.handle(item, now)
-            if out is not None:
-                await self.apply(out)
+                    break
+            except anyio.EndOfStream:
+                break
+            self.offer(item)
+        self.offer(_CLOSED)
+
+    async def run(self) -> None:
+        """The node's own task: timers, requests, and outputs that must be saved first."""
+        core = self.core
+        state = self.state
+        if state._paused_at_start:
+            await self.apply(core.set_candidacy_paused(True, anyio.current_time()))
+        state._wake_driver = self.wake
+        _running[state] = self
+        self.busy = False
+        self.tg.start_soon(self.receive, name=f"almost_raft receive {state.self_id!r}")
+        try:
+            while core.role is not Role.TERMINATED:
+                # One cancel scope serves every sleep until something wakes
+                # this task early (wake() cancels it): a timer costs a plain sleep.
+                with anyio.CancelScope() as self._timer_scope:
+                    while core.role is not Role.TERMINATED:
+                        if self.deferred is not None:
+                            out, self.deferred = self.deferred, None
+                            await self.apply(out)  # still busy: the mailbox waits
+                            await self._process()
+                            continue
+                        if self._run_pending or (self.mailbox and not self.busy):
+                            self._run_pending = False
+                            if not self.busy:
+                                self.busy = True
+                                await self._process()
+                            continue
+                        now = anyio.current_time()
+                        if state._commands:
+                            self.busy = True
+                            try:
+                                await self.apply(self.run_command(state._commands.popleft(), now))
+                            finally:
+                                self.busy = False
+                            continue
+                        deadline = core.next_deadline
+                        if now >= deadline:
+                            self.busy = True
+                            try:
+                                # Jitter must never show the core an early timer.
+                                await self.apply(core.tick(max(now, deadline)))
+                            finally:
+                                self.busy = False
+                            continue
+                        self._sleep_until = deadline
+                        self._sleeping = True
+                        try:
+                            await anyio.sleep(deadline - now)
+                        finally:
+                            self._sleeping = False
+                            self._sleep_until = -math.inf
+                self._timer_scope = None
+        finally:
+            _running.pop(state, None)
+            self.busy = True  # nothing steps this core any more
 
     async def drain(self) -> None:
         """Give the senders up to ``message_timeout`` to deliver what is queued (a hand-over)."""
@@ -266,7 +478,8 @@ class _Driver:
             sender.close()
         with anyio.move_on_after(self.state.message_timeout):
             for sender in self.senders.values():
-                await sender.done.wait()
+                if sender.done is not None:
+                    await sender.done.wait()
 
 
 async def raft_election(
@@ -316,6 +529,10 @@ async def raft_election(
         finally:
             if core.role is Role.LEADER:
                 await _hand_over(state, core)
+            elif core.role is not Role.TERMINATED:
+                # Cancelled or failed: the last event says no leader is known.
+                for event in core.shutdown(anyio.current_time()).events:
+                    state._publish(event)
     finally:
         state._finish()
 

@@ -1,10 +1,39 @@
 """Tools for testing code that uses almost_raft, and almost_raft itself.
 
 ``LocalCluster`` runs real elections in one process over an in-memory network.
+
+``Simulation`` drives the same election cores in virtual time, from one seed,
+with no event loop: per-link delays, loss, duplication and reordering,
+partitions (symmetric, one-way, partial), crashes, restarts with or without
+storage, pauses and clock drift, scripted or random (``RandomFaults``).  A
+``SafetyChecker`` checks DESIGN.md's safety rules after every step and a
+broken rule raises ``SafetyViolation`` with the seed and a transcript.
+``explore`` visits every interleaving of a small cluster up to a bound.
 """
 
 from __future__ import annotations
 
 from ._cluster import LocalCluster
+from ._explore import ExplorationResult, explore
+from ._faults import FixedDelay, LinkFaults, LogNormalDelay, RandomFaults, UniformDelay
+from ._safety import RULES, SafetyChecker, SafetyViolation, Transcript, Violation
+from ._sim import SimNode, SimStats, Simulation
 
-__all__ = ("LocalCluster",)
+__all__ = (
+    "RULES",
+    "ExplorationResult",
+    "FixedDelay",
+    "LinkFaults",
+    "LocalCluster",
+    "LogNormalDelay",
+    "RandomFaults",
+    "SafetyChecker",
+    "SafetyViolation",
+    "SimNode",
+    "SimStats",
+    "Simulation",
+    "Transcript",
+    "UniformDelay",
+    "Violation",
+    "explore",
+)

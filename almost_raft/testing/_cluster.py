@@ -91,7 +91,7 @@ class LocalCluster:
         )
         self.states[node_id] = state
         self.controls[node_id] = control
-        self.network.register(node_id, control)
+        self.network.register(node_id, control, state=state)
         return state
 
     async def start(self, node_id: NodeId) -> None:
@@ -106,6 +106,7 @@ class LocalCluster:
         await self._tg.start(self._run, node_id, state)
 
     async def _run(self, node_id: NodeId, state: RaftElectionState, *, task_status: TaskStatus[None]) -> None:
+        control = self.controls[node_id]
         with anyio.CancelScope() as scope:
             self._scopes[node_id] = scope
             try:
@@ -117,6 +118,7 @@ class LocalCluster:
                 if self._scopes.get(node_id) is scope:
                     del self._scopes[node_id]
                 self.network.unregister(node_id)
+                control.close()
                 self._notify()
 
     async def _watch(self, state: RaftElectionState) -> None:

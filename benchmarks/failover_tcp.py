@@ -1,0 +1,273 @@
+"""Failover over real TCP: 5 node processes on loopback, the leader killed with SIGKILL.
+
+For each timing (150-300 ms with a 75 ms heartbeat, 12-24 ms with 6 ms) and
+each event loop (asyncio, trio), it measures:
+
+* failover: SIGKILL the leader at a random point of its heartbeat interval,
+  then time until every survivor printed the same new leader (``monotonic``
+  field of the nodes' ``--json`` lines, the same clock as this script's);
+  the killed node is restarted before the next trial;
+* idle CPU per node with a stable leader (``/proc/<pid>/stat``);
+* planned handover: SIGUSR1 to the leader (``TransferLeadership``), then time
+  until all five print the new leader.
+
+``--peer pysyncobj`` runs the same failover and idle-CPU experiment against
+PySyncObj (``pip install -e '.[bench]'``) with the same timeouts, and the
+table shows the ratios.  Results go to ``benchmarks/results/failover_tcp.json``.
+
+    python benchmarks/failover_tcp.py                      # 100 trials each
+    python benchmarks/failover_tcp.py --quick              # a smoke run
+    python benchmarks/failover_tcp.py --peer pysyncobj --trials 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _tcp_common import BenchCluster, cpu_seconds, summarize  # noqa: E402
+
+TIMINGS = {
+    "150-300ms": (0.150, 0.300, 0.075),
+    "12-24ms": (0.012, 0.024, 0.006),
+}
+
+
+def _settle(cluster: BenchCluster, rng: random.Random) -> None:
+    """Let the cluster run stable for a while, ending at a uniformly random phase of the heartbeat."""
+    time.sleep(rng.uniform(4, 8) * cluster.heartbeat + rng.uniform(0, cluster.heartbeat))
+
+
+def measure_idle_cpu(cluster: BenchCluster, seconds: float) -> dict[str, Any]:
+    agreed = cluster.wait_agreed(timeout=30)
+    if agreed is None:
+        return {"error": "no stable leader"}
+    term, leader = agreed
+    time.sleep(max(0.5, 4 * cluster.max_timeout))
+    pids = cluster.pids()
+    before = {i: cpu_seconds(p) for i, p in pids.items()}
+    start = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - start
+    after = {i: cpu_seconds(p) for i, p in pids.items()}
+    percent = {i: 100 * (after[i] - before[i]) / elapsed for i in pids}
+    stable = cluster.agreed(cluster.ids) == (term, leader)
+    followers = [v for i, v in percent.items() if i != leader]
+    return {
+        "per_node_percent": percent,
+        "leader_percent": percent[leader],
+        "follower_mean_percent": sum(followers) / len(followers),
+        "mean_percent": sum(percent.values()) / len(percent),
+        "max_percent": max(percent.values()),
+        "stable_throughout": stable,
+        "seconds": elapsed,
+    }
+
+
+def measure_handover(cluster: BenchCluster, trials: int, rng: random.Random) -> dict[str, Any]:
+    times: list[float] = []
+    failures = 0
+    unsettled = 0
+    done = 0
+    while done < trials and unsettled < 10 * trials:
+        agreed = cluster.wait_agreed(timeout=10)
+        if agreed is None:
+            failures += 1
+            break
+        term, leader = agreed
+        _settle(cluster, rng)
+        if cluster.agreed(cluster.ids) != agreed:
+            unsettled += 1
+            continue
+        done += 1
+        start = time.monotonic()
+        cluster.nodes[leader].signal(signal.SIGUSR1)
+        new = cluster.wait_agreed(timeout=5, not_leader=leader, min_term=term + 1)
+        ends = [] if new is None else [cluster.nodes[i].first_time(*new, since=start) for i in cluster.ids]
+        if new is None or None in ends:
+            failures += 1
+            continue
+        times.append(max(e for e in ends if e is not None) - start)
+    return {"ms": summarize([t * 1000 for t in times]), "failures": failures, "unsettled_retries": unsettled}
+
+
+def measure_failover(cluster: BenchCluster, trials: int, rng: random.Random) -> dict[str, Any]:
+    times: list[float] = []
+    failures = 0
+    restarts_slow = 0
+    unsettled = 0
+    done = 0
+    while done < trials and unsettled < 10 * trials:
+        agreed = cluster.wait_agreed(timeout=15)
+        if agreed is None:
+            failures += 1
+            break
+        term, leader = agreed
+        _settle(cluster, rng)
+        if cluster.agreed(cluster.ids) != agreed:
+            unsettled += 1  # the leader changed by itself meanwhile: not a clean trial, start over
+            continue
+        done += 1
+        survivors = [i for i in cluster.ids if i != leader]
+        victim = cluster.nodes[leader]
+        start = time.monotonic()
+        victim.signal(signal.SIGKILL)
+        new = cluster.wait_agreed(survivors, timeout=10, not_leader=leader, min_term=term + 1)
+        victim.reap()
+        ends = [] if new is None else [cluster.nodes[i].first_time(*new, since=start) for i in survivors]
+        if new is None or None in ends:
+            failures += 1
+        else:
+            times.append(max(e for e in ends if e is not None) - start)
+        cluster.start(leader)
+        if cluster.wait_agreed(timeout=15) is None:
+            restarts_slow += 1
+    return {
+        "ms": summarize([t * 1000 for t in times]),
+        "failures": failures,
+        "slow_rejoins": restarts_slow,
+        "unsettled_retries": unsettled,
+    }
+
+
+def run_one(impl: str, backend: str, timing: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    low, high, heartbeat = TIMINGS[timing]
+    rng = random.Random(args.seed)
+    cluster = BenchCluster(
+        impl,
+        5,
+        min_timeout=low,
+        max_timeout=high,
+        heartbeat=heartbeat,
+        backend=backend,
+        workdir=workdir,
+        storage=args.storage,
+    )
+    label = f"{impl}/{backend}/{timing}" if impl == "almost_raft" else f"{impl}/{timing}"
+    print(f"-- {label}: starting 5 nodes", file=sys.stderr, flush=True)
+    cluster.start()
+    try:
+        result: dict[str, Any] = {"impl": impl, "backend": backend, "timing": timing}
+        result["idle_cpu"] = measure_idle_cpu(cluster, args.idle_seconds)
+        if impl == "almost_raft":
+            result["handover"] = measure_handover(cluster, args.handover_trials, rng)
+        result["failover"] = measure_failover(cluster, args.trials, rng)
+        fo = result["failover"]["ms"]
+        print(
+            f"   failover median {fo.get('median', float('nan')):.1f} ms, max {fo.get('max', float('nan')):.1f} ms, "
+            f"failures {result['failover']['failures']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return result
+    finally:
+        cluster.close()
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.1f}{unit}"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'impl':<12}{'loop':<8}{'timing':<11}{'min':>7}{'median':>8}{'p90':>7}{'p99':>7}{'max':>7}{'mean':>7}"
+        f"{'fail':>5}{'cpu%':>7}{'cpu%L':>7}{'hand p50':>9}{'hand p99':>9}"
+    )
+    print("\nfailover after SIGKILL of the leader, ms (cpu%: idle mean per node, cpu%L: the leader)")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        fo = r["failover"]["ms"]
+        cpu = r["idle_cpu"]
+        hand = r.get("handover", {}).get("ms", {})
+        print(
+            f"{r['impl']:<12}{(r['backend'] if r['impl'] == 'almost_raft' else '-'):<8}{r['timing']:<11}"
+            f"{_fmt(fo.get('min')):>7}{_fmt(fo.get('median')):>8}{_fmt(fo.get('p90')):>7}{_fmt(fo.get('p99')):>7}"
+            f"{_fmt(fo.get('max')):>7}{_fmt(fo.get('mean')):>7}{r['failover']['failures']:>5}"
+            f"{_fmt(cpu.get('mean_percent')):>7}{_fmt(cpu.get('leader_percent')):>7}"
+            f"{_fmt(hand.get('median')):>9}{_fmt(hand.get('p99')):>9}"
+        )
+    peers = {r["timing"]: r for r in results if r["impl"] == "pysyncobj"}
+    if peers:
+        print("\nratios almost_raft / pysyncobj (below 1: almost_raft is faster or leaner)")
+        print(f"{'loop':<8}{'timing':<11}{'median':>8}{'p99':>7}{'max':>7}{'mean':>7}{'cpu':>7}")
+        for r in results:
+            peer = peers.get(r["timing"])
+            if r["impl"] != "almost_raft" or peer is None:
+                continue
+            ours, theirs = r["failover"]["ms"], peer["failover"]["ms"]
+            ratio = {k: ours[k] / theirs[k] if theirs.get(k) and k in ours else None for k in ("median", "p99", "max", "mean")}
+            cpu_a, cpu_b = r["idle_cpu"].get("mean_percent"), peer["idle_cpu"].get("mean_percent")
+            cpu_ratio = cpu_a / cpu_b if cpu_a is not None and cpu_b else None
+            print(
+                f"{r['backend']:<8}{r['timing']:<11}{_fmt(ratio['median']):>8}{_fmt(ratio['p99']):>7}"
+                f"{_fmt(ratio['max']):>7}{_fmt(ratio['mean']):>7}{_fmt(cpu_ratio):>7}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=100, help="failover trials per configuration (default 100)")
+    parser.add_argument("--handover-trials", type=int, default=None, help="planned hand-overs (default: --trials)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 trials, 1 s idle, one loop per timing")
+    parser.add_argument("--peer", choices=("pysyncobj",), help="also run PySyncObj with the same timeouts")
+    parser.add_argument("--timings", default=",".join(TIMINGS), help=f"comma-separated, of {list(TIMINGS)}")
+    parser.add_argument("--backends", default="asyncio,trio", help="comma-separated: asyncio,trio")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="window of the idle CPU measurement")
+    parser.add_argument("--storage", action="store_true", help="almost_raft nodes keep term and vote in a file")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the kill times")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "failover_tcp.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = min(args.trials, 5)
+        args.idle_seconds = min(args.idle_seconds, 1.0)
+        if "--backends" not in " ".join(argv if argv is not None else sys.argv):
+            args.backends = "asyncio"
+    if args.handover_trials is None:
+        args.handover_trials = args.trials
+    timings = [t for t in args.timings.split(",") if t]
+    backends = [b for b in args.backends.split(",") if b]
+    for timing in timings:
+        if timing not in TIMINGS:
+            parser.error(f"unknown timing {timing!r}")
+    if args.peer == "pysyncobj":
+        try:
+            import pysyncobj  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
+        except ImportError:
+            parser.error("--peer pysyncobj needs PySyncObj: pip install -e '.[bench]'")
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="failover_tcp-") as tmp:
+        workdir = Path(tmp)
+        for timing in timings:
+            for backend in backends:
+                results.append(run_one("almost_raft", backend, timing, args, workdir))
+            if args.peer == "pysyncobj":
+                results.append(run_one("pysyncobj", "threads", timing, args, workdir))
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "failover_tcp",
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "trials": args.trials,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

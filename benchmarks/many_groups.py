@@ -1,0 +1,357 @@
+"""Many independent 3-node election groups in one process (one group per shard, as in multi-raft).
+
+``G`` groups of three nodes each run ``raft_election`` over one in-memory
+network (``MemoryNetwork``) in one process, with a 100 ms heartbeat and a
+300 ms election timeout (timeouts drawn from [300, 600) ms).  After every
+group has elected a leader and settled, the benchmark watches for
+``--duration`` seconds and reports:
+
+* CPU: process CPU time over the window, as a share of one core;
+* memory per node: resident memory grown from before building the groups to
+  after they all elected, divided by the number of nodes;
+* heartbeat jitter: the gaps between two heartbeats arriving at a follower,
+  for the followers of up to ``--sample`` groups (tapped at their ``control``);
+* loop lag: how late a 10 ms sleep wakes up, sampled all along the window;
+* spurious elections: elections started (term raised) and leader changes in
+  the window; nothing is faulted, so every one of them is spurious.  Pre-votes
+  started (an election timer that fired, harmless when refused) are counted too.
+
+Each (backend, G) runs in a fresh process so that its CPU and memory figures
+are its own.  The goal: 1,000 groups (3,000 nodes) on one core with zero
+spurious elections.
+
+    python benchmarks/many_groups.py                      # G = 10, 100, 1000, 10000; 60 s each; asyncio and trio
+    python benchmarks/many_groups.py --quick              # G = 10, 100; 3 s each
+    python benchmarks/many_groups.py --groups 1000 --duration 20 --backends asyncio
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from _perf_common import load_average, machine, percentile, process_cpu, rss_bytes, table, write_json
+
+from almost_raft import Heartbeat, Message, RaftElectionState, Role, raft_election
+from almost_raft._messages import ControlMessage, NodeId
+from almost_raft.transports.memory import MemoryNetwork
+
+HEARTBEAT = 0.100
+TIMEOUT = 0.300
+GOAL_GROUPS = 1000
+
+
+class _Taps:
+    """Records when heartbeats reach the sampled nodes, wrapping ``MemoryNetwork.deliver_nowait``.
+
+    Every message goes through ``deliver_nowait`` the moment it is handed
+    over (with no latency, the moment it arrives); the wrapper costs each
+    message one call and one dict lookup.
+    """
+
+    def __init__(self, network: MemoryNetwork, sampled: set[NodeId]) -> None:
+        self.arrivals: dict[NodeId, list[float]] = {node_id: [] for node_id in sampled}
+        deliver = network.deliver_nowait
+        clock = anyio.current_time
+        arrivals = self.arrivals
+
+        def tapped(sender_id: NodeId, peer_id: NodeId, message: Message) -> None:
+            if type(message) is Heartbeat:
+                times = arrivals.get(peer_id)
+                if times is not None:
+                    times.append(clock())
+            deliver(sender_id, peer_id, message)
+
+        network.deliver_nowait = tapped  # type: ignore[method-assign]
+
+
+def _agreed(states: Sequence[RaftElectionState]) -> tuple[int, object] | None:
+    """``(term, leader)`` when exactly one node of the group leads and the others follow it."""
+    leaders = [s for s in states if s.role is Role.LEADER]
+    if len(leaders) != 1:
+        return None
+    leader = leaders[0]
+    if any(s.leader_id != leader.self_id or s.term != leader.term for s in states):
+        return None
+    return (leader.term, leader.self_id)
+
+
+async def _lag_probe(lags: list[float], stop: anyio.Event) -> None:
+    while not stop.is_set():
+        start = anyio.current_time()
+        await anyio.sleep(0.010)
+        lags.append(anyio.current_time() - start - 0.010)
+
+
+async def run_groups(groups: int, duration: float, sample: int, seed: int, direct: bool = True) -> dict[str, object]:
+    """Run *groups* groups, wait for them to elect, and watch them for *duration* seconds.
+
+    With *direct*, each node is registered on the network with its state, so
+    messages reach its election without a task switch; otherwise they go
+    through its ``control`` stream.
+    """
+    gc.collect()
+    rss_before = rss_bytes()
+    network = MemoryNetwork()
+    rng = random.Random(seed)
+    all_states: list[list[RaftElectionState]] = []
+    controls: list[MemoryObjectSendStream[ControlMessage | Message]] = []
+    step = max(1, groups // max(1, sample))
+    sampled: set[NodeId] = set()
+    build_start = time.perf_counter()
+    for g in range(groups):
+        ids = [f"g{g}n{i}" for i in range(3)]
+        states = []
+        for node_id in ids:
+            peers = [network.node(p, sender_id=node_id) for p in ids if p != node_id]
+            state, control = RaftElectionState.init(
+                node_id,
+                election_timeout=TIMEOUT,
+                heartbeat_interval=HEARTBEAT,
+                message_timeout=HEARTBEAT,
+                nodes=peers,
+                min_nodes=3,
+                rng=random.Random(rng.random()),
+            )
+            if g % step == 0 and len(sampled) < 3 * sample:
+                sampled.add(node_id)
+            network.register(node_id, control, state=state if direct else None)
+            controls.append(control)
+            states.append(state)
+        all_states.append(states)
+    taps = _Taps(network, sampled)
+    result: dict[str, object] = {"groups": groups, "nodes": 3 * groups, "direct": direct}
+    async with anyio.create_task_group() as tg:
+        for states in all_states:
+            for state in states:
+                tg.start_soon(raft_election, state)
+        started = time.perf_counter()
+        result["build_s"] = started - build_start
+        # Wait until every group agrees on a leader (cold start).
+        deadline = started + 30 + groups / 200
+        pending = list(range(groups))
+        while pending:
+            await anyio.sleep(0.05)
+            pending = [g for g in pending if _agreed(all_states[g]) is None]
+            if time.perf_counter() > deadline:
+                break
+        result["elected_all"] = not pending
+        result["cold_start_s"] = time.perf_counter() - started
+        if pending:
+            result["not_elected"] = len(pending)
+            tg.cancel_scope.cancel()
+            for control in controls:
+                control.close()
+            return result
+        await anyio.sleep(2 * TIMEOUT)  # let the first rounds settle
+        gc.collect()
+        rss_after = rss_bytes()
+        views = [_agreed(states) for states in all_states]
+        started_before = sum(s.status().elections_started for states in all_states for s in states)
+        pre_before = sum(s.status().pre_votes_started for states in all_states for s in states)
+        delivered_before = network.delivered
+        lags: list[float] = []
+        stop = anyio.Event()
+        tg.start_soon(_lag_probe, lags, stop)
+        window_start = anyio.current_time()
+        cpu0, wall0 = process_cpu(), time.perf_counter()
+        await anyio.sleep(duration)
+        cpu1, wall1 = process_cpu(), time.perf_counter()
+        window_end = anyio.current_time()
+        stop.set()
+        views_after = [_agreed(states) for states in all_states]
+        started_after = sum(s.status().elections_started for states in all_states for s in states)
+        pre_after = sum(s.status().pre_votes_started for states in all_states for s in states)
+        delivered_after = network.delivered
+        tg.cancel_scope.cancel()
+    for control in controls:
+        control.close()
+    gaps: list[float] = []
+    for times in taps.arrivals.values():
+        arrivals = [t for t in times if window_start <= t <= window_end]
+        gaps.extend(b - a for a, b in zip(arrivals, arrivals[1:]))
+    wall = wall1 - wall0
+    changed = sum(1 for a, b in zip(views, views_after) if a != b)
+    result.update(
+        {
+            "duration_s": wall,
+            "cpu_share": (cpu1 - cpu0) / wall,
+            "mem_per_node_kib": (rss_after - rss_before) / (3 * groups) / 1024,
+            "rss_mib": rss_after / 2**20,
+            "messages_per_s": (delivered_after - delivered_before) / wall,
+            "heartbeat_gaps": len(gaps),
+            "gap_p50_ms": 1000 * percentile(gaps, 50),
+            "gap_p99_ms": 1000 * percentile(gaps, 99),
+            "gap_max_ms": 1000 * max(gaps) if gaps else math.nan,
+            "jitter_p99_ms": 1000 * (percentile(gaps, 99) - HEARTBEAT) if gaps else math.nan,
+            "loop_lag_p99_ms": 1000 * percentile(lags, 99),
+            "loop_lag_max_ms": 1000 * max(lags) if lags else math.nan,
+            "elections_started": started_after - started_before,
+            "pre_votes_started": pre_after - pre_before,
+            "leader_changes": changed,
+        }
+    )
+    result["spurious_elections"] = int(result["elections_started"]) + changed  # type: ignore[call-overload]
+    return result
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """Child process: one backend, one G; prints one JSON line."""
+    backend_options: dict[str, object] = {}
+    result = anyio.run(
+        run_groups,
+        args.groups[0],
+        args.duration,
+        args.sample,
+        args.seed,
+        args.transport == "direct",
+        backend=args.backend[0],
+        **backend_options,
+    )
+    result["backend"] = args.backend[0]
+    print(json.dumps(result))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="G = 10, 100 for 3 s each")
+    parser.add_argument("--groups", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds watched after the groups settled")
+    parser.add_argument("--backends", "--backend", dest="backend", nargs="+", default=["asyncio", "trio"])
+    parser.add_argument("--sample", type=int, default=200, help="groups whose heartbeats are timed")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--transport",
+        choices=["direct", "control"],
+        default="direct",
+        help="direct: nodes registered with their state (no task switch per message); control: through control streams",
+    )
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        run_one(args)
+        return {}
+    if args.quick:
+        args.groups, args.duration = [10, 100], 3.0
+    load_before = load_average()
+    results: list[dict[str, object]] = []
+    for backend in args.backend:
+        for groups in args.groups:
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--one",
+                "--groups",
+                str(groups),
+                "--backend",
+                backend,
+                "--duration",
+                str(args.duration),
+                "--sample",
+                str(args.sample),
+                "--seed",
+                str(args.seed),
+                "--transport",
+                args.transport,
+            ]
+            print(f"running {backend} G={groups} ...", file=sys.stderr, flush=True)
+            try:
+                proc = subprocess.run(
+                    command, capture_output=True, text=True, timeout=args.duration + 120 + groups / 50, check=False
+                )
+            except subprocess.TimeoutExpired:
+                results.append({"backend": backend, "groups": groups, "error": "timed out"})
+                continue
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                results.append(
+                    {"backend": backend, "groups": groups, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+                )
+                continue
+            results.append(json.loads(lines[-1]))
+    load_after = load_average()
+
+    headers = [
+        "backend",
+        "G",
+        "nodes",
+        "CPU % of 1 core",
+        "KiB/node",
+        "msg/s",
+        "hb gap p50 ms",
+        "hb gap p99 ms",
+        "hb gap max ms",
+        "loop lag p99 ms",
+        "elections",
+        "leader changes",
+        "pre-votes",
+        "cold start s",
+    ]
+    rows: list[list[object]] = []
+    for r in results:
+        if "error" in r or not r.get("elected_all", False):
+            why = r.get("error") or f"{r.get('not_elected')} groups never elected"
+            rows.append([r["backend"], r["groups"], 3 * int(r["groups"]), f"FAILED: {why}"] + [""] * 10)  # type: ignore[call-overload]
+            continue
+        rows.append(
+            [
+                r["backend"],
+                r["groups"],
+                r["nodes"],
+                100 * float(r["cpu_share"]),  # type: ignore[arg-type]
+                r["mem_per_node_kib"],
+                r["messages_per_s"],
+                r["gap_p50_ms"],
+                r["gap_p99_ms"],
+                r["gap_max_ms"],
+                r["loop_lag_p99_ms"],
+                r["elections_started"],
+                r["leader_changes"],
+                r["pre_votes_started"],
+                r["cold_start_s"],
+            ]
+        )
+    info = machine()
+    print(
+        f"many groups: 3-node groups in one process, h={HEARTBEAT * 1000:.0f} ms, T={TIMEOUT * 1000:.0f} ms, "
+        f"{args.duration:g} s each ({info['cpu']}, {info['nproc']} CPUs, Python {info['python']})"
+    )
+    print(f"load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}")
+    print()
+    print(table(headers, rows))
+    goal = [
+        r
+        for r in results
+        if r.get("groups") == GOAL_GROUPS and r.get("elected_all") and "error" not in r and "cpu_share" in r
+    ]
+    for r in goal:
+        ok = float(r["cpu_share"]) < 1.0 and r["spurious_elections"] == 0  # type: ignore[arg-type]
+        print(
+            f"goal ({GOAL_GROUPS} groups on one core, no spurious election) on {r['backend']}: "
+            f"{'met' if ok else 'NOT met'}"
+        )
+    data: dict[str, object] = {
+        "quick": args.quick,
+        "duration_s": args.duration,
+        "heartbeat_interval": HEARTBEAT,
+        "election_timeout": TIMEOUT,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "results": results,
+    }
+    path = write_json("many_groups", data)
+    print(f"\nJSON: {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
