@@ -494,7 +494,7 @@ class RaftElectionState:
             peer_ids=self.peer_ids,
             peer_last_ack=last_ack,
             leader_contact_age=contact_age,
-            candidacy_paused=core is not None and core.candidacy_paused,
+            candidacy_paused=core.candidacy_paused if core is not None else self._paused_at_start,
             elections_started=counters.elections_started,
             elections_won=counters.elections_won,
             elections_lost=counters.elections_lost,

@@ -184,7 +184,11 @@ async def run_groups(groups: int, duration: float, sample: int, seed: int, direc
     result.update(
         {
             "duration_s": wall,
-            "cpu_share": (cpu1 - cpu0) / wall,
+            # CPU over the window on the event loop's clock: on real time the
+            # share of one core; on a virtual clock (trio's MockClock) the share
+            # of one core the same load would need in real time.
+            "cpu_share": (cpu1 - cpu0) / (window_end - window_start),
+            "window_s": window_end - window_start,
             "mem_per_node_kib": (rss_after - rss_before) / (3 * groups) / 1024,
             "rss_mib": rss_after / 2**20,
             "messages_per_s": (delivered_after - delivered_before) / wall,
