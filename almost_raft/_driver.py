@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -52,7 +51,8 @@ class _Depth(threading.local):
 
 
 _depth = _Depth()
-_running: weakref.WeakKeyDictionary[RaftElectionState, _Driver] = weakref.WeakKeyDictionary()
+# The elections running now (an entry lives exactly as long as its run()).
+_running: dict[RaftElectionState, _Driver] = {}
 
 
 def deliver_nowait(state: RaftElectionState, message: Message) -> bool | None:
@@ -278,9 +278,11 @@ class _Driver:
         core = self.core
         mailbox = self.mailbox
         self.busy = True
+        # One reading of the clock for the batch: nothing awaits in between.
+        now = anyio.current_time()
         try:
             while mailbox and core.role is not Role.TERMINATED:
-                out = self._take(mailbox.popleft(), anyio.current_time())
+                out = self._take(mailbox.popleft(), now)
                 if out is None:
                     continue
                 if out.persist is not None:
@@ -400,6 +402,9 @@ class _Driver:
             return self.core.transfer_leadership(command.target_id, now)
         return self.core.set_candidacy_paused(command, now)
 
+    def terminated(self) -> bool:
+        return self.core.role is Role.TERMINATED
+
     async def receive(self) -> None:
         """The receive task: hand everything that arrives through ``control`` to ``offer``."""
         inbox = self.state._inbox
@@ -427,11 +432,11 @@ class _Driver:
         self.busy = False
         self.tg.start_soon(self.receive, name=f"almost_raft receive {state.self_id!r}")
         try:
-            while core.role is not Role.TERMINATED:
+            while not self.terminated():
                 # One cancel scope serves every sleep until something wakes
                 # this task early (wake() cancels it): a timer costs a plain sleep.
                 with anyio.CancelScope() as self._timer_scope:
-                    while core.role is not Role.TERMINATED:
+                    while not self.terminated():
                         if self.deferred is not None:
                             out, self.deferred = self.deferred, None
                             await self.apply(out)  # still busy: the mailbox waits

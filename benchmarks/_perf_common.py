@@ -102,11 +102,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
         "| " + " | ".join("-" * w for w in widths) + " |",
     ]
     for row in cells:
-        lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+        lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
     return "\n".join(lines)
 
 

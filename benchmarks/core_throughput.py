@@ -133,7 +133,7 @@ def run_core(core: Election, msgs: Sequence[Message], times: Sequence[float]) ->
     gc.disable()
     try:
         start = time.perf_counter()
-        for message, now in zip(msgs, times):
+        for message, now in zip(msgs, times, strict=True):
             step(message, now)
         return time.perf_counter() - start
     finally:
@@ -145,7 +145,7 @@ def run_decode(raw: Sequence[tuple[type[Any], tuple[object, ...]]], times: Seque
     gc.disable()
     try:
         start = time.perf_counter()
-        for (cls, fields), _now in zip(raw, times):
+        for (cls, fields), _now in zip(raw, times, strict=True):
             cls(*fields)
         return time.perf_counter() - start
     finally:
@@ -220,7 +220,7 @@ def profile(n: int, top: int) -> tuple[str, list[dict[str, object]]]:
     profiler.enable()
     for core, msgs, times in loads:
         step = core.step
-        for message, now in zip(msgs, times):
+        for message, now in zip(msgs, times, strict=True):
             step(message, now)
     profiler.disable()
     out = io.StringIO()

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tcp_common import BenchCluster, cpu_seconds, summarize  # noqa: E402
+from _tcp_common import BenchCluster, cpu_seconds, summarize
 
 TIMINGS = {
     "150-300ms": (0.150, 0.300, 0.075),
@@ -207,7 +207,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
             if r["impl"] != "almost_raft" or peer is None:
                 continue
             ours, theirs = r["failover"]["ms"], peer["failover"]["ms"]
-            ratio = {k: ours[k] / theirs[k] if theirs.get(k) and k in ours else None for k in ("median", "p99", "max", "mean")}
+            ratio = {
+                k: ours[k] / theirs[k] if theirs.get(k) and k in ours else None
+                for k in ("median", "p99", "max", "mean")
+            }
             cpu_a, cpu_b = r["idle_cpu"].get("mean_percent"), peer["idle_cpu"].get("mean_percent")
             cpu_ratio = cpu_a / cpu_b if cpu_a is not None and cpu_b else None
             print(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import random
@@ -37,9 +38,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from _perf_common import load_average, machine, percentile, process_cpu, rss_bytes, table, write_json
+from anyio.streams.memory import MemoryObjectSendStream
 
 from almost_raft import Heartbeat, Message, RaftElectionState, Role, raft_election
 from almost_raft._messages import ControlMessage, NodeId
@@ -178,9 +180,9 @@ async def run_groups(groups: int, duration: float, sample: int, seed: int, direc
     gaps: list[float] = []
     for times in taps.arrivals.values():
         arrivals = [t for t in times if window_start <= t <= window_end]
-        gaps.extend(b - a for a, b in zip(arrivals, arrivals[1:]))
+        gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
     wall = wall1 - wall0
-    changed = sum(1 for a, b in zip(views, views_after) if a != b)
+    changed = sum(1 for a, b in zip(views, views_after, strict=True) if a != b)
     result.update(
         {
             "duration_s": wall,
@@ -210,7 +212,6 @@ async def run_groups(groups: int, duration: float, sample: int, seed: int, direc
 
 def run_one(args: argparse.Namespace) -> None:
     """Child process: one backend, one G; prints one JSON line."""
-    backend_options: dict[str, object] = {}
     result = anyio.run(
         run_groups,
         args.groups[0],
@@ -219,7 +220,6 @@ def run_one(args: argparse.Namespace) -> None:
         args.seed,
         args.transport == "direct",
         backend=args.backend[0],
-        **backend_options,
     )
     result["backend"] = args.backend[0]
     print(json.dumps(result))

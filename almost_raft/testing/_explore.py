@@ -9,8 +9,9 @@ default) can reach through any interleaving of these steps:
   budget);
 * fire the timer of any node whose deadline has passed (timers may fire
   late, never early);
-* let one quantum of time pass (``T / 4``): all nodes share one clock, which
-  advances in these quanta, so every delay is a whole number of quanta;
+* let one quantum of time pass: all nodes share one clock, which advances
+  in quanta (``T`` is ``timeout_quanta`` of them, 2 by default, and the
+  heartbeat interval ``T / 2``), so every delay is a whole number of quanta;
 * restart a node from its storage, and ask a leader to hand over (each
   within a budget, off by default).
 
@@ -21,11 +22,12 @@ than ``max_in_flight`` messages in flight loses the extra ones (losing
 messages is allowed anyway); a leader sends at most ``max_heartbeats``
 timed heartbeat rounds per term.
 
-States are compared with their times taken relative to the current time and
-clipped at ``2 T`` in the past: the cores only compare times with ``now``
-plus offsets of at most ``T``, so two states that differ only in how long
-ago something happened (beyond ``2 T``), or in when they happen, behave
-alike.  Each state is stored as a 64-bit hash of that canonical form.
+States are compared with their times taken relative to the current time:
+deadlines in the past count as "now", and other past times are clipped at
+``T`` ago.  The cores only compare times with ``now`` plus offsets of at
+most ``T``, so two states that differ only in those ways behave alike.
+Each state is stored as a 64-bit hash of that canonical form (a collision,
+about one chance in 10^8 for a million states, could only hide states).
 
 Timeouts are not randomized here (``election_timeout_max == T``): the
 exploration chooses the timing itself, which covers every random draw that
@@ -35,6 +37,8 @@ simulator's job.
 
 from __future__ import annotations
 
+import gc
+import operator
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -48,9 +52,7 @@ from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
 from ._sim import core_logging
 
 _UNIT = 1.0
-_T = 4.0
-_H = 2.0
-_MS = 1e-3  # transcripts show one time unit as one millisecond
+_MS = 1e-3  # transcripts show one time quantum as one millisecond
 
 # A message in flight: (destination index, sender id, message).
 _Item = tuple[int, NodeId, Message]
@@ -106,46 +108,72 @@ class ExplorationResult:
 
 _SKIP_IN_KEY = frozenset({"config", "counters", "_rng", "_sends", "_events", "_persisted", "_self_id"})
 _IMMUTABLE = (int, float, str, bool, type(None), tuple, frozenset, Role, Config, HardState)
+# Times the core only ever compares as ``now >= t`` or ``now < t``: once in
+# the past, how long ago no longer matters.
+_DEADLINES = frozenset(
+    {"_election_deadline", "_sticky_until", "_heartbeat_deadline", "_transfer_deadline", "_lease_expires_at"}
+)
 
 
-def _clone(core: Election) -> Election:
-    """A copy of *core* that shares nothing mutable with it (the counters aside)."""
-    new = Election.__new__(Election)
-    state = {}
-    for name, value in core.__dict__.items():
-        kind = type(value)
-        if kind is dict or kind is list or kind is set:
-            value = value.copy()
-        elif not isinstance(value, _IMMUTABLE) and kind is not CoreCounters and name != "_rng":
-            # A new mutable field in Election: teach _clone (and _key) about it.
-            raise TypeError(f"explore cannot copy Election.{name} of type {kind.__name__}")
-        state[name] = value
-    # Counters are statistics, never read by the rules: sharing them is harmless.
-    new.__dict__.update(state)
-    return new
+@final
+class _Layout:
+    """How to copy and compare ``Election`` objects, read once from a fresh core.
 
+    Copies share nothing mutable with the original except the counters
+    (statistics that no rule reads).  The comparison key holds every field
+    but the configuration, the counters, the rng (never drawn from here) and
+    the output buffers, with times made relative to ``now`` (see ``key``).
+    """
 
-def _key(core: Election, now: float, horizon: float) -> tuple[object, ...]:
-    """*core*'s state with times relative to *now*, clipped at *horizon* in the past."""
-    parts: list[object] = []
-    for name, value in core.__dict__.items():
-        if name in _SKIP_IN_KEY:
-            continue
-        kind = type(value)
-        if kind is float:
-            rel = value - now
-            parts.append(-horizon if rel < -horizon else rel)
-        elif kind is dict:
-            items = []
-            for k, v in value.items():
-                if type(v) is float:
-                    rel = v - now
-                    v = -horizon if rel < -horizon else rel
-                items.append((k, v))
-            parts.append(tuple(items))
-        else:
-            parts.append(value)
-    return tuple(parts)
+    def __init__(self, core: Election, horizon: float) -> None:
+        fields = core.__dict__
+        for name, value in fields.items():
+            kind = type(value)
+            if not (kind in (dict, list, set) or isinstance(value, _IMMUTABLE) or kind is CoreCounters or name == "_rng"):
+                # A new kind of field in Election: teach _Layout about it.
+                raise TypeError(f"explore cannot copy Election.{name} of type {kind.__name__}")
+        self.size = len(fields)
+        self.horizon = horizon
+        self.mutable = tuple(n for n, v in fields.items() if type(v) in (dict, list, set))
+        keyed = [n for n in fields if n not in _SKIP_IN_KEY]
+        floats = [n for n in keyed if type(fields[n]) is float]
+        self.dicts = tuple(n for n in keyed if type(fields[n]) is dict)
+        self.plain = operator.itemgetter(*[n for n in keyed if n not in floats and n not in self.dicts])
+        self.deadlines = operator.itemgetter(*[n for n in floats if n in _DEADLINES])
+        self.past = operator.itemgetter(*[n for n in floats if n not in _DEADLINES])
+
+    def clone(self, core: Election) -> Election:
+        fields = core.__dict__
+        if len(fields) != self.size:
+            raise TypeError("Election gained a field after __init__: teach explore's _Layout about it")
+        new = Election.__new__(Election)
+        copy = new.__dict__
+        copy.update(fields)
+        for name in self.mutable:
+            copy[name] = fields[name].copy()
+        return new
+
+    def key(self, core: Election, now: float) -> tuple[object, ...]:
+        """*core*'s state with times relative to *now*.
+
+        Deadlines in the past become 0; other past times (when something was
+        sent, acknowledged, started) are clipped at ``T`` ago: the core
+        compares them with ``now - T`` at most.
+        """
+        fields = core.__dict__
+        low = -self.horizon
+        parts: list[object] = [
+            self.plain(fields),
+            tuple(0.0 if t < now else t - now for t in self.deadlines(fields)),
+            tuple(low if t - now < low else t - now for t in self.past(fields)),
+        ]
+        for name in self.dicts:
+            value = fields[name]
+            if value and type(next(iter(value.values()))) is float:
+                parts.append(tuple((k, low if t - now < low else t - now) for k, t in value.items()))
+            else:
+                parts.append(tuple(value.items()))
+        return tuple(parts)
 
 
 # ------------------------------------------------------------------ states
@@ -203,6 +231,7 @@ class _Explorer:
         max_heartbeats: int,
         restarts: int,
         transfers: int,
+        timeout_quanta: int,
         pre_vote: bool,
         check_quorum: bool,
         split_vote_retry: bool,
@@ -213,22 +242,23 @@ class _Explorer:
         self.max_term = max_term
         self.max_in_flight = max_in_flight
         self.max_heartbeats = max_heartbeats
-        self.horizon = 2 * _T
+        timeout = float(timeout_quanta)
         self.configs = tuple(
             Config(
                 self_id=node_id,
-                election_timeout=_T,
-                election_timeout_max=_T,
-                heartbeat_interval=_H,
+                election_timeout=timeout,
+                election_timeout_max=timeout,
+                heartbeat_interval=timeout / 2,
                 min_nodes=len(ids),
                 max_nodes=len(ids),
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
-                lease_duration=_T * (1 - clock_drift) / (1 + clock_drift),
+                lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
                 split_vote_retry=split_vote_retry,
             )
             for node_id in ids
         )
+        self.layout = _Layout(self._new_core(0, None, 0.0), timeout)
         self.initial_budgets = (max_duplicates, restarts, transfers)
         self.truncated = 0
         self.order: dict[Message, str] = {}
@@ -249,7 +279,7 @@ class _Explorer:
         for i, core in enumerate(cores):
             violation = violation or self._observe(checker, i, core, 0.0, "start", None, ())
         dups, restarts, transfers = self.initial_budgets
-        keys = tuple(_key(c, 0.0, self.horizon) for c in cores)
+        keys = tuple(self.layout.key(c, 0.0) for c in cores)
         rounds = tuple((0, 0) for _ in cores)
         return _State(0.0, cores, keys, (), dups, restarts, transfers, rounds, checker), violation
 
@@ -308,7 +338,7 @@ class _Explorer:
             checker.crashed(sender)
         violation = self._observe(checker, i, core, now, kind, detail, out.events)
         cores = state.cores[:i] + (core,) + state.cores[i + 1 :]
-        keys = state.keys[:i] + (_key(core, now, self.horizon),) + state.keys[i + 1 :]
+        keys = state.keys[:i] + (self.layout.key(core, now),) + state.keys[i + 1 :]
         new = _State(now, cores, keys, tuple(inflight), dups, restarts, transfers, rounds, checker)
         return new, violation
 
@@ -392,7 +422,7 @@ class _Explorer:
 
     def _deliver(self, state: _State, item: _Item, rest: list[_Item], dups: int) -> tuple[_State, Violation | None]:
         i, sender, message = item
-        core = _clone(state.cores[i])
+        core = self.layout.clone(state.cores[i])
         out = core.step(message, state.now)
         return self._after_step(
             state,
@@ -409,7 +439,7 @@ class _Explorer:
         )
 
     def _tick(self, state: _State, i: int) -> tuple[_State, Violation | None]:
-        core = _clone(state.cores[i])
+        core = self.layout.clone(state.cores[i])
         was_leader = core.role is Role.LEADER
         out = core.tick(state.now)
         return self._after_step(
@@ -446,7 +476,7 @@ class _Explorer:
         )
 
     def _transfer(self, state: _State, i: int) -> tuple[_State, Violation | None]:
-        core = _clone(state.cores[i])
+        core = self.layout.clone(state.cores[i])
         out = core.transfer_leadership(None, state.now)
         return self._after_step(
             state,
@@ -466,7 +496,7 @@ class _Explorer:
         now = state.now + _UNIT
         if self.transcript is not None:
             self.transcript.record((now * _MS, "fault", None, "time passes", None))
-        keys = tuple(_key(c, now, self.horizon) for c in state.cores)
+        keys = tuple(self.layout.key(c, now) for c in state.cores)
         return _State(
             now,
             state.cores,
@@ -502,6 +532,7 @@ def explore(
     max_heartbeats: int = 2,
     restarts: int = 0,
     transfers: int = 0,
+    timeout_quanta: int = 2,
     pre_vote: bool = True,
     check_quorum: bool = True,
     split_vote_retry: bool = True,
@@ -518,6 +549,8 @@ def explore(
         max_heartbeats: timed heartbeat rounds a leader may send per term.
         restarts: how many restarts from storage a path may contain.
         transfers: how many leadership transfers a path may contain.
+        timeout_quanta: ``T`` in time quanta (even, >= 2); the heartbeat
+            interval is ``T / 2``.  More quanta: finer timing, more states.
         pre_vote, check_quorum, split_vote_retry: the core's switches.
         clock_drift: the configured drift bound (sets the lease length).
         max_states: stop after this many distinct states (``None``: no limit).
@@ -533,10 +566,13 @@ def explore(
         "max_heartbeats": max_heartbeats,
         "restarts": restarts,
         "transfers": transfers,
+        "timeout_quanta": timeout_quanta,
         "pre_vote": pre_vote,
         "check_quorum": check_quorum,
         "split_vote_retry": split_vote_retry,
     }
+    if timeout_quanta < 2 or timeout_quanta % 2:
+        raise ValueError(f"timeout_quanta must be even and >= 2, got {timeout_quanta}")
     ids: tuple[NodeId, ...] = tuple(chr(ord("a") + i) for i in range(nodes))
     options = {
         "max_term": max_term,
@@ -545,13 +581,23 @@ def explore(
         "max_heartbeats": max_heartbeats,
         "restarts": restarts,
         "transfers": transfers,
+        "timeout_quanta": timeout_quanta,
         "pre_vote": pre_vote,
         "check_quorum": check_quorum,
         "split_vote_retry": split_vote_retry,
         "clock_drift": clock_drift,
     }
-    with core_logging(False):
-        return _explore(ids, options, bounds, max_states)
+    # The search allocates millions of small containers and frees none
+    # until the end: the cyclic garbage collector would walk them all, again
+    # and again, for nothing (nothing here forms cycles that outlive a call).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with core_logging(False):
+            return _explore(ids, options, bounds, max_states)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _explore(
@@ -625,4 +671,4 @@ def _replay(ids: tuple[NodeId, ...], options: dict[str, object], path: object, v
     for action in actions:
         state, _ = explorer.apply(state, action)
     lines = explorer.transcript.relevant(violation.nodes, violation.term, last=60)
-    return (f"a shortest path of {len(actions)} steps (one time unit is shown as 1 ms; T = 4 units)", *lines)
+    return (f"a shortest path of {len(actions)} steps (one time quantum is shown as 1 ms)", *lines)
