@@ -257,6 +257,12 @@ class Election:
         self._sticky_until = now + config.election_timeout
         self._last_leader_contact = -_NEVER
         self._candidacy_paused = False
+        # Quick pre-vote retries after refusals by still-sticky voters (see
+        # _check_pre_vote_refused): when the round began, how many quick
+        # retries this campaign made, and whether the pending timer is one.
+        self._round_started_at = now
+        self._quick_retries = 0
+        self._quick_retry_armed = False
         self._election_deadline = now + self._random_timeout()
         # candidate state
         self._pre_phase = False
@@ -588,8 +594,12 @@ class Election:
                 # A refused pre-vote names the voter's real term.
                 self._become_follower(now, m.term, None)
                 return
-            if self._role is not _CANDIDATE or not self._pre_phase or m.term != self._term + 1:
+            if self._role is not _CANDIDATE or not self._pre_phase:
                 return  # stale answer to an earlier round
+            # A grant names the term we would stand in; a refusal the voter's
+            # own term, which equals ours here (a higher one was handled above).
+            if m.term != (self._term + 1 if m.granted else self._term):
+                return
         else:
             if m.term > self._term:
                 self._become_follower(now, m.term, None)
@@ -666,6 +676,9 @@ class Election:
         self._become_candidate(now, transfer=True)
 
     def _on_election_timeout(self, now: float) -> None:
+        if not self._quick_retry_armed:
+            self._quick_retries = 0  # a full timeout: a new campaign
+        self._quick_retry_armed = False
         if self.cluster_size < self.config.min_nodes or self._candidacy_paused:
             # Not enough members to elect anyone, or a node being drained:
             # wait (and stop standing).
@@ -728,6 +741,7 @@ class Election:
         self._leader_id = None
         self._granted = {self._self_id: None}
         self._refused = {}
+        self._round_started_at = now
         self._election_deadline = now + self._random_timeout()
         self.counters.pre_votes_started += 1
         logger.debug("node %r term %d: asking for pre-votes for term %d", self._self_id, self._term, self._term + 1)
@@ -759,12 +773,39 @@ class Election:
         if self._role is not Role.CANDIDATE:
             return
         if len(self._granted) < self.quorum:
-            self._check_split_vote(now)
+            if self._pre_phase:
+                self._check_pre_vote_refused(now)
+            else:
+                self._check_split_vote(now)
             return
         if self._pre_phase:
             self._become_candidate(now, transfer=False)
         else:
             self._become_leader(now)
+
+    def _check_pre_vote_refused(self, now: float) -> None:
+        """Retry a pre-vote round soon when still-sticky voters refused it.
+
+        A follower's election timer runs from the last heartbeat *it*
+        received; its peers received that heartbeat a little later (network
+        jitter), so the first node to time out often finds a quorum still in
+        its stickiness window (``T`` after *their* last heartbeat) and is
+        refused.  A pre-vote refused at our own term can only mean that: a
+        voter at a higher term would have refused with that term.  Their
+        windows end within about one network delay of ours, so instead of a
+        full ``[T, T_max]`` timeout the node asks again after the time the
+        round took (one round trip), at most three times per campaign.
+
+        Safe: a pre-vote changes nothing on the receiver, and voters keep
+        refusing while they are sticky, so timing here affects liveness only.
+        """
+        members = max(self.cluster_size, self.config.min_nodes)
+        if members - len(self._refused) >= self.quorum or self._quick_retries >= 3:
+            return  # the round can still be won, or enough quick retries
+        self._quick_retries += 1
+        self._quick_retry_armed = True
+        delay = max(now - self._round_started_at, self.config.election_timeout / 100)
+        self._election_deadline = min(self._election_deadline, now + delay)
 
     def _check_split_vote(self, now: float) -> None:
         """Leave a split vote at once instead of waiting out a fresh timeout.
