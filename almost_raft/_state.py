@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -266,6 +267,9 @@ class RaftElectionState:
         self.rng = rng
         self._nodes = nodes
         self._inbox = inbox
+        # A state that never runs must not leave its stream unclosed (anyio
+        # warns about that when it is collected).
+        weakref.finalize(self, inbox.close)
         self._core: Election | None = None
         self._clock: Callable[[], float] | None = None
         self._started = False

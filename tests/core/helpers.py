@@ -373,7 +373,8 @@ class Pump:
     """Several cores on one clock, with the in-flight messages in the test's hands.
 
     ``inflight`` holds ``(from_id, to_id, message)``; the test chooses which to
-    deliver, drop or duplicate, and when each core's timer fires.  ``winners``
+    deliver, drop or duplicate, and when each core's timer fires.  A message
+    over a link in ``cut`` (``(from_id, to_id)``) is lost when its turn comes.  ``winners``
     remembers every ``(term, id)`` that was ever leader, across restarts.
     """
 
@@ -383,6 +384,8 @@ class Pump:
     winners: dict[int, set[NodeId]] = field(default_factory=dict)
     persisted: dict[NodeId, HardState | None] = field(default_factory=dict)
     on_output: Callable[[NodeId, Output], None] | None = None
+    on_deliver: Callable[[NodeId, NodeId, Message], None] | None = None
+    cut: set[tuple[NodeId, NodeId]] = field(default_factory=set)
 
     @classmethod
     def build(cls, ids: Sequence[NodeId], *, seed: int = SEED, **config: Any) -> Pump:
@@ -411,6 +414,12 @@ class Pump:
         node_id = min(self.members, key=lambda i: self.members[i].core.next_deadline)
         return node_id, self.members[node_id].core.next_deadline
 
+    def isolate(self, node_id: NodeId) -> None:
+        """Cut every link to and from *node_id*."""
+        for other in self.members:
+            if other != node_id:
+                self.cut |= {(node_id, other), (other, node_id)}
+
     def advance_to(self, t: float) -> None:
         """Move the shared clock forward to *t*, firing every timer due on the way at its deadline."""
         assert t >= self.now, "time never goes backwards"
@@ -424,9 +433,11 @@ class Pump:
 
     def deliver(self, index: int, *, keep: bool = False) -> Output | None:
         """Deliver ``inflight[index]`` now (``keep``: a duplicate stays in flight)."""
-        _sender, to, message = self.inflight[index] if keep else self.inflight.pop(index)
-        if to not in self.members:
+        sender, to, message = self.inflight[index] if keep else self.inflight.pop(index)
+        if to not in self.members or (sender, to) in self.cut:
             return None
+        if self.on_deliver is not None:
+            self.on_deliver(sender, to, message)
         return self._apply(to, self._catch_up(to).step(message))
 
     def _tick_due(self, node_id: NodeId, deadline: float) -> Output:

@@ -5,16 +5,18 @@ Three levels, each checking every rule after every single call:
 * every (role, message kind) pair, with random senders, terms and flags;
 * random sequences of messages, timers, membership calls, transfers and
   restarts (from the last persisted ``HardState``) on one core;
-* a small cluster of cores pumped by hand, with random delivery order, loss,
-  duplication, delay, restarts and transfers.
+* a cluster of three or five cores pumped by hand, with random delivery
+  order, loss, duplication, delay, partitions, restarts and transfers.
 
 The rules (DESIGN "Safety that must never break", "Voting", "Winning",
 "Lease"): a term never decreases; a vote never changes within a term, across
 restarts too; every change of ``(term, voted_for)`` is in that call's
-``Output.persist``; a node never knows two leaders in one term; at most one
-leader per term across nodes; ``LeaderChanged(t, x)`` names ``x`` only if
-``x`` won ``t``; at most one lease at any instant; a message from an unknown
-sender changes nothing.
+``Output.persist``; a node never knows two leaders in one term (with forged
+input: within one incarnation, as the leader of a term is not persisted); at
+most one leader per term across nodes, each win resting on grants of a
+quorum of distinct voters; ``LeaderChanged(t, x)`` names ``x`` only if ``x``
+won ``t``; at most one lease at any instant; a message from an unknown sender
+changes nothing; a pre-vote request changes nothing on its receiver.
 """
 
 from __future__ import annotations
@@ -201,6 +203,10 @@ def _step_checked(h: Harness, w: Watch, m: Message) -> None:
         assert out == Output(None, (), (), before[6]), "a message from an unknown sender changes nothing"  # type: ignore[arg-type]
         assert h.snapshot() == before
         assert h.core.counters.messages_rejected == rejected + 1 or h.core.role is Role.TERMINATED
+    elif isinstance(m, RequestVote) and m.pre_vote:
+        assert out.persist is None
+        assert out.events == ()
+        assert h.snapshot()[:4] == before[:4], "a pre-vote request never changes role, term, vote or leader"
 
 
 # ---------------------------------------------------- every (role, kind) pair
@@ -290,7 +296,7 @@ def test_random_sequences_on_one_core(start: str, pre_vote: bool, actions: list[
 
 # ---------------------------------------------------- a small cluster, pumped
 
-IDS: tuple[NodeId, ...] = ("n1", "n2", "n3")
+IDS: tuple[NodeId, ...] = ("n1", "n2", "n3", "n4", "n5")
 
 
 @dataclass(frozen=True)
@@ -316,24 +322,69 @@ class RestartNode:
 
 @dataclass(frozen=True)
 class HandOver:
-    """``TransferLeadership(None)`` on a node (a no-op unless it leads)."""
+    """``TransferLeadership(None)`` on a node that leads, if any (on *node_id* otherwise: a no-op)."""
 
     node_id: NodeId
 
 
-PumpAction = Deliver | NextTimer | Wait | RestartNode | HandOver
+@dataclass(frozen=True)
+class IsolateLeader:
+    """Cut every link of a node that leads, if any: the classic partition."""
+
+
+@dataclass(frozen=True)
+class DuplicateAll:
+    """The network duplicates every message in flight."""
+
+
+@dataclass(frozen=True)
+class Isolate:
+    """Cut every link of a node until ``HealAll``: what it sends or is sent is lost."""
+
+    node_id: NodeId
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Cut the link between two nodes, both ways, until ``HealAll``."""
+
+    a: NodeId
+    b: NodeId
+
+
+@dataclass(frozen=True)
+class HealAll:
+    """Undo every ``Isolate`` and ``Cut``."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the cluster for a while: every message that is not cut off arrives at once, timers fire."""
+
+    dt: float
+
+
+PumpAction = (
+    Deliver | NextTimer | Wait | RestartNode | HandOver | IsolateLeader | DuplicateAll | Isolate | Cut | HealAll | Run
+)
 
 _DELIVER = st.builds(Deliver, st.integers(0, 63))
 PUMP_ACTIONS: st.SearchStrategy[PumpAction] = st.one_of(
-    _DELIVER,
     _DELIVER,
     _DELIVER,
     st.builds(Deliver, st.integers(0, 63), keep=st.just(True)),
     st.builds(Deliver, st.integers(0, 63), lose=st.just(True)),
     st.just(NextTimer()),
     st.builds(Wait, st.floats(0, 1.2)),
+    st.builds(Run, st.floats(0, 3.0)),
+    st.builds(Run, st.floats(0, 3.0)),
     st.builds(RestartNode, st.sampled_from(IDS)),
     st.builds(HandOver, st.sampled_from(IDS)),
+    st.just(IsolateLeader()),
+    st.just(DuplicateAll()),
+    st.builds(Isolate, st.sampled_from(IDS)),
+    st.builds(Cut, st.sampled_from(IDS), st.sampled_from(IDS)),
+    st.just(HealAll()),
 )
 
 
@@ -349,19 +400,41 @@ def _check_cluster(pump: Pump, watches: dict[NodeId, Watch]) -> None:
 
 @SOME
 @given(
+    size=st.sampled_from([3, 5]),
     pre_vote=st.booleans(),
     check_quorum=st.booleans(),
     seed=st.integers(0, 2**16),
     actions=st.lists(PUMP_ACTIONS, min_size=30, max_size=150),
 )
-def test_random_cluster_runs(pre_vote: bool, check_quorum: bool, seed: int, actions: list[PumpAction]) -> None:
-    """DESIGN safety rules hold in a three-node cluster under loss, duplication, reordering, delay and restarts."""
-    pump = Pump.build(IDS, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum)
+def test_random_cluster_runs(
+    size: int, pre_vote: bool, check_quorum: bool, seed: int, actions: list[PumpAction]
+) -> None:
+    """DESIGN safety rules hold in a cluster under loss, duplication, reordering, delay, partitions and restarts.
+
+    Checked after every output of every node, not only between actions.
+
+    Besides the per-node rules: at most one leader per term, at most one lease
+    at any instant, every leader known to others really won, and every win
+    rests on grants from a quorum of distinct voters (paper 5.2).
+    """
+    ids = IDS[:size]
+    pump = Pump.build(ids, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum)
     watches = {i: Watch.of(h) for i, h in pump.members.items()}
+    grants: dict[tuple[NodeId, int], set[NodeId]] = {}
+
+    def on_deliver(sender: NodeId, to: NodeId, m: Message) -> None:
+        if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
+            grants.setdefault((to, m.term), set()).add(m.voter_id)
 
     def on_output(node_id: NodeId, out: Output) -> None:
-        watches[node_id].output(pump.members[node_id].core, out, pump.now)
+        core = pump.members[node_id].core
+        if core.role is Role.LEADER and core.term not in watches[node_id].won:
+            voters = grants.get((node_id, core.term), set()) | {node_id}
+            assert len(voters) >= core.quorum, f"{node_id!r} won term {core.term} with votes of {voters}"
+        watches[node_id].output(core, out, pump.now)
+        _check_cluster(pump, watches)
 
+    pump.on_deliver = on_deliver
     pump.on_output = on_output
     restarts = 0
     for action in actions:
@@ -376,14 +449,30 @@ def test_random_cluster_runs(pre_vote: bool, check_quorum: bool, seed: int, acti
                 pump.advance_to(max(pump.now, pump.next_timer()[1]))
             case Wait(dt=dt):
                 pump.advance_to(pump.now + dt)
-            case RestartNode(node_id=node_id):
+            case RestartNode(node_id=node_id) if node_id in pump.members:
                 restarts += 1
                 pump.restart(node_id, seed=seed + restarts)
                 watches[node_id].restarted(pump.members[node_id].core)
-            case HandOver(node_id=node_id):
+            case HandOver(node_id=node_id) if node_id in pump.members:
+                node_id = next(iter(pump.leaders()), node_id)
                 pump.call(node_id, lambda core, now: core.transfer_leadership(None, now))
+            case IsolateLeader():
+                for node_id in pump.leaders():
+                    pump.isolate(node_id)
+            case DuplicateAll() if len(pump.inflight) <= 64:
+                pump.inflight += pump.inflight
+            case Isolate(node_id=node_id):
+                pump.isolate(node_id)
+            case Cut(a=a, b=b) if a != b:
+                pump.cut |= {(a, b), (b, a)}
+            case HealAll():
+                pump.cut.clear()
+            case Run(dt=dt):
+                pump.run(until=pump.now + dt)
         _check_cluster(pump, watches)
-    # Then a healthy network: everything is delivered at once, and one leader emerges.
+    # Then the faults stay for a while, and then the network heals: one leader emerges.
+    pump.run(until=pump.now + 5.0)
+    pump.cut.clear()
     pump.run(until=pump.now + 20.0)
     _check_cluster(pump, watches)
     assert len(pump.leaders()) == 1, "a connected cluster elects a leader"

@@ -39,6 +39,7 @@ from .helpers import (
     Expect,
     Harness,
     Input,
+    Pump,
     RemovePeer,
     Step,
     T,
@@ -985,6 +986,28 @@ def test_transfer_without_target_picks_the_most_recent_acknowledger() -> None:
     assert h.core.counters.transfers_started == 1
 
 
+def test_transfer_completes_despite_stickiness() -> None:
+    """Thesis 3.10: a transfer elects the target in the next term at once, though every voter is sticky.
+
+    Three cores pumped by hand: the followers heard the leader moments ago,
+    yet grant the target's ``transfer=True`` request; the old leader steps
+    down and never held its lease after sending ``TimeoutNow``.
+    """
+    pump = Pump.build(("a", "b", "c"))
+    pump.run(until=5.0)
+    ((old, term),) = pump.leaders().items()
+    target = next(i for i in pump.members if i != old)
+    out = pump.call(old, lambda core, now: core.transfer_leadership(target, now))
+    assert out.sends == ((target, TimeoutNow(term, old)),)
+    assert not pump.members[old].core.holds_lease(pump.now)
+    started = pump.now
+    pump.run(until=started + 0.001)  # messages arrive at once; no timer fires in a millisecond
+    assert pump.leaders() == {target: term + 1}
+    for h in pump.members.values():
+        assert (h.core.term, h.core.leader_id) == (term + 1, target)
+    assert pump.winners[term + 1] == {target}
+
+
 NO_TRANSFER_ROWS = [
     Row("non-leader", lambda: follower_of("b", 1), Transfer("c"), Expect(deadline=KEEP)),
     Row("candidate", lambda: candidate(), Transfer("b"), Expect(deadline=KEEP)),
@@ -1218,10 +1241,28 @@ def test_bad_input_is_dropped_and_counted(start: str, sender: str, kind: str) ->
     assert h.core.counters.messages_rejected == rejected + 1
 
 
+def _stepped_down_leader() -> Harness:
+    """The leader of term 1, stepped down by check-quorum: it knows it led term 1."""
+    h = leader()
+    while h.core.role is Role.LEADER:
+        h.tick()
+    return h
+
+
+def _timed_out_follower() -> Harness:
+    """A follower of ``b`` in term 1 whose timer fired: it no longer follows ``b``, but knows ``b`` won term 1."""
+    h = follower_of("b", 1)
+    h.tick()
+    return h
+
+
 BAD_ROWS = [
     Row("ack-of-a-round-never-sent", lambda: leader(), Step(HeartbeatResponse(1, "b", True, 2), 0.1), Expect()),
     Row("rival-leader-in-a-led-term", lambda: follower_of("b", 1), Step(Heartbeat(1, "c", 1), 0.1), Expect()),
     Row("second-leader-in-the-leaders-own-term", lambda: leader(), Step(Heartbeat(1, "b", 1), 0.1), Expect()),
+    Row("rival-of-a-stepped-down-leader", _stepped_down_leader, Step(Heartbeat(1, "b", 1), 0.1), Expect()),
+    Row("rival-after-losing-the-leader", _timed_out_follower, Step(Heartbeat(1, "c", 1), 0.1), Expect()),
+    Row("timeout-now-from-a-rival", _timed_out_follower, Step(TimeoutNow(1, "c"), 0.1), Expect()),
     Row("add-self", lambda: follower_of("b", 1), AddPeer("a"), Expect()),
     Row("remove-unknown", lambda: leader(), RemovePeer("zz"), Expect()),
     Row("timeout-now-from-a-non-leader", lambda: follower_of("b", 1), Step(TimeoutNow(1, "c"), 0.1), Expect()),
@@ -1233,7 +1274,8 @@ def test_nonsense_is_dropped_and_counted(row: Row) -> None:
     """DESIGN (bad input): impossible messages and control requests change nothing and are counted.
 
     Two leaders in one term cannot happen while the rules hold (paper 5.2),
-    so a heartbeat claiming so is nonsense.
+    so a heartbeat claiming so is nonsense, also after this node lost touch
+    with the leader it knew for that term (or stepped down from leading it).
     """
     h = row.start()
     before = h.snapshot()
