@@ -10,15 +10,18 @@ and subscribers get events through buffers that drop the oldest.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.lowlevel import RunVar, checkpoint
 
 from ._core import Election, Output
 from ._messages import (
@@ -38,6 +41,7 @@ PEER_QUEUE_SIZE: Final = 64
 """Outgoing messages kept per peer; when full, the oldest is dropped (a newer one supersedes it)."""
 
 _CLOSED: Final = object()
+_TICK: Final = object()
 
 _MAILBOX_SIZE: Final = 1024
 """Input handed over directly and not yet handled; beyond it, direct input is lost (as with ``control``)."""
@@ -48,11 +52,99 @@ _MAX_DEPTH: Final = 8
 
 class _Depth(threading.local):
     value = 0
+    now = 0.0  # the clock as read by the outermost handling in progress
 
 
 _depth = _Depth()
 # The elections running now (an entry lives exactly as long as its run()).
 _running: dict[RaftElectionState, _Driver] = {}
+
+
+class _Timers:
+    """The timers of every election on one event loop, kept by one of their tasks.
+
+    Only the keeper's task sleeps with a timeout, until the earliest deadline
+    of all; then it hands each node whose deadline has come a tick, as an
+    input like any other (handled at once when the node is idle).  The other
+    nodes' tasks sleep until they have work of their own (an output to save,
+    a request).  A loop running thousands of elections then wakes once per
+    distinct deadline, not once per node and timer, and no timer fires early.
+
+    A node whose deadline moves later (a follower hearing its leader) keeps
+    its entry: the entry fires early, sees the later deadline and is set
+    again, so a heartbeat costs no heap operation.
+    """
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, _Driver]] = []
+        self.seq = 0
+        self.keeper: _Driver | None = None
+        self.members: dict[_Driver, None] = {}
+
+    def arm(self, driver: _Driver) -> None:
+        """Make sure *driver* is woken no later than its core's next deadline."""
+        deadline = driver.core.next_deadline
+        if deadline >= driver._armed:
+            return  # an entry fires earlier; it is set again then
+        driver._armed = deadline
+        self.seq += 1
+        heapq.heappush(self.heap, (deadline, self.seq, driver))
+        keeper = self.keeper
+        if keeper is not None and keeper._sleeping and deadline < keeper._sleep_until:
+            keeper.wake()
+
+    def fire_due(self, now: float, budget: float = 0.005) -> bool:
+        """Hand a tick to every node due at *now*; return whether more are due after *budget* seconds of work.
+
+        The budget (real time, not the loop's clock) bounds how long the
+        loop is held when many timers are due at once, after a stall.
+        """
+        heap = self.heap
+        give_up = time.perf_counter() + budget
+        fired = 0
+        while heap and heap[0][0] <= now:
+            deadline, _, driver = heapq.heappop(heap)
+            if driver._armed != deadline or driver not in self.members:
+                continue  # superseded by an earlier entry, or gone
+            driver._armed = math.inf
+            if driver.core.next_deadline > now:
+                self.arm(driver)  # the deadline moved on meanwhile
+                continue
+            driver.offer(_TICK)
+            fired += 1
+            if fired % 16 == 0 and time.perf_counter() > give_up:
+                return bool(heap) and heap[0][0] <= now
+        return False
+
+    def next_wake(self) -> float:
+        return self.heap[0][0] if self.heap else math.inf
+
+    def resign(self, driver: _Driver) -> None:
+        """*driver* stops keeping the timers (it is about to await, or leaves): a sleeping member takes over."""
+        if self.keeper is not driver:
+            return
+        self.keeper = None
+        for other in self.members:
+            if other is not driver and other._sleeping:
+                other.wake()  # it claims the timers when it goes back to sleep
+                return
+
+    def leave(self, driver: _Driver) -> None:
+        self.members.pop(driver, None)
+        self.resign(driver)
+
+
+_timers_var: RunVar[_Timers] = RunVar("almost_raft_timers")
+
+
+def _timers() -> _Timers:
+    """The timers of the running event loop."""
+    try:
+        return _timers_var.get()
+    except LookupError:
+        timers = _Timers()
+        _timers_var.set(timers)
+        return timers
 
 
 def deliver_nowait(state: RaftElectionState, message: Message) -> bool | None:
@@ -90,6 +182,8 @@ class _PeerSender:
         self._failing = False
         self._spawn: Callable[[_PeerSender], None] | None = spawn
         self._sending = False
+        self._nowait_node: object = None
+        self._nowait: Callable[[Message], object] | None = None
         self.done: anyio.Event | None = None
 
     def send_nowait(self, message: Message) -> bool:
@@ -104,7 +198,10 @@ class _PeerSender:
         node = self._state._nodes.get(self.peer_id)
         if node is None:
             return True  # removed meanwhile: the message is lost, as from the queue
-        send_nowait = getattr(node, "send_message_nowait", None)
+        if node is not self._nowait_node:  # (looked up once per handle, not per message)
+            self._nowait_node = node
+            self._nowait = getattr(node, "send_message_nowait", None)
+        send_nowait = self._nowait
         if send_nowait is None:
             return False
         try:
@@ -229,6 +326,9 @@ class _Driver:
         self._sleeping = False
         self._sleep_until = -math.inf
         self._run_pending = False
+        self.timers = _timers()
+        self._armed = math.inf  # deadline of this node's live entry in self.timers
+        self._idle_event: anyio.Event | None = None
 
     def _snapshot(self) -> tuple[object, ...]:
         core = self.core
@@ -236,9 +336,13 @@ class _Driver:
 
     def wake(self) -> None:
         """Interrupt the node's own task if it sleeps: it has work (a request, an output to save, a timer)."""
-        if self._sleeping and self._timer_scope is not None:
-            self._sleeping = False
-            self._timer_scope.cancel()
+        if not self._sleeping:
+            return
+        self._sleeping = False
+        if self._idle_event is not None:
+            self._idle_event.set()  # a node that waits for work: cheap to wake
+        elif self._timer_scope is not None:
+            self._timer_scope.cancel()  # the keeper, asleep until a deadline
 
     # ----------------------------------------------------------------- input
 
@@ -260,26 +364,32 @@ class _Driver:
                 self._run_pending = True
                 self.wake()
             else:
+                # A cascade of nodes answering each other in one task happens
+                # at one instant: the clock is read once, by the outermost.
+                if depth == 0:
+                    _depth.now = anyio.current_time()
                 _depth.value = depth + 1
                 try:
-                    self._process_now()
+                    self._process_now(_depth.now)
                 finally:
                     _depth.value = depth
         return True
 
     def _take(self, item: object, now: float) -> Output | None:
+        if item is _TICK:
+            deadline = self.core.next_deadline
+            # Jitter must never show the core an early timer.
+            return self.core.tick(max(now, deadline)) if now >= deadline else None
         if item is _CLOSED:
             logger.info("node %r term %d: control was closed", self.state.self_id, self.core.term)
             return self.core.shutdown(now)
         return self.handle(item, now)
 
-    def _process_now(self) -> None:
-        """Handle the mailbox in the caller's task; an output to save goes to the node's own task."""
+    def _process_now(self, now: float) -> None:
+        """Handle the mailbox in the caller's task at *now*; an output to save goes to the node's own task."""
         core = self.core
         mailbox = self.mailbox
         self.busy = True
-        # One reading of the clock for the batch: nothing awaits in between.
-        now = anyio.current_time()
         try:
             while mailbox and core.role is not Role.TERMINATED:
                 out = self._take(mailbox.popleft(), now)
@@ -296,8 +406,10 @@ class _Driver:
             self.busy = False
             raise
         self.busy = False
-        if core.role is Role.TERMINATED or core.next_deadline < self._sleep_until:
+        if core.role is Role.TERMINATED:
             self.wake()
+        else:
+            self.timers.arm(self)
 
     async def _process(self) -> None:
         """Handle the mailbox in the node's own task (busy is set), awaiting saves."""
@@ -310,6 +422,8 @@ class _Driver:
                     await self.apply(out)
         finally:
             self.busy = False
+        if core.role is not Role.TERMINATED:
+            self.timers.arm(self)
 
     def start_sender(self, peer_id: NodeId) -> None:
         self.senders[peer_id] = _PeerSender(self.state, peer_id, self._spawn_sender)
@@ -378,6 +492,8 @@ class _Driver:
 
     async def apply(self, out: Output) -> None:
         if out.persist is not None:
+            # Nobody's timers wait for this node's storage.
+            self.timers.resign(self)
             # Saved before anything that reflects it is sent (paper, Figure 2).
             await self.state.storage.save(out.persist)
         self.apply_now(out)
@@ -389,9 +505,10 @@ class _Driver:
             sender = self.senders.get(to_id)
             if sender is not None and not sender.send_nowait(message):
                 sender.push(message)
-        for event in out.events:
-            logger.info("node %r term %d: leader is now %r", state.self_id, event.term, event.leader_id)
-            state._publish(event)
+        if out.events:
+            for event in out.events:
+                logger.info("node %r term %d: leader is now %r", state.self_id, event.term, event.leader_id)
+                state._publish(event)
         view = self._snapshot()
         if view != self._view:
             self._view = view
@@ -429,6 +546,8 @@ class _Driver:
             await self.apply(core.set_candidacy_paused(True, anyio.current_time()))
         state._wake_driver = self.wake
         _running[state] = self
+        timers = self.timers
+        timers.members[self] = None
         self.busy = False
         self.tg.start_soon(self.receive, name=f"almost_raft receive {state.self_id!r}")
         try:
@@ -465,16 +584,34 @@ class _Driver:
                             finally:
                                 self.busy = False
                             continue
-                        self._sleep_until = deadline
+                        timers.arm(self)
+                        if timers.keeper is None:
+                            timers.keeper = self
+                        if timers.keeper is self:
+                            if timers.next_wake() <= now:
+                                if timers.fire_due(now):
+                                    await checkpoint()  # a long catch-up leaves the others a turn
+                                continue
+                            self._sleep_until = timers.next_wake()
+                        else:
+                            self._sleep_until = math.inf  # the keeper hands this node its ticks
                         self._sleeping = True
                         try:
-                            await anyio.sleep(deadline - now)
+                            if self._sleep_until == math.inf:
+                                # Woken by an event, not by cancellation: a node
+                                # that has work costs the loop one plain wake-up.
+                                self._idle_event = anyio.Event()
+                                await self._idle_event.wait()
+                            else:
+                                await anyio.sleep(self._sleep_until - now)
                         finally:
                             self._sleeping = False
+                            self._idle_event = None
                             self._sleep_until = -math.inf
                 self._timer_scope = None
         finally:
             _running.pop(state, None)
+            timers.leave(self)
             self.busy = True  # nothing steps this core any more
 
     async def drain(self) -> None:

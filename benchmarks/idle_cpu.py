@@ -17,7 +17,7 @@ what that costs, for clusters of 3 and 5 nodes:
   the floor under every figure.
 
     python benchmarks/idle_cpu.py                 # 30 s per measurement
-    python benchmarks/idle_cpu.py --quick         # 3 s per measurement
+    python benchmarks/idle_cpu.py --quick         # 3 nodes, asyncio, 2 s per measurement
 """
 
 from __future__ import annotations
@@ -323,12 +323,14 @@ def idle_python(seconds: float) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 s per measurement")
+    parser.add_argument("--quick", action="store_true", help="3 nodes, asyncio, PySyncObj at our timing, 2 s each")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     parser.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
     args = parser.parse_args(argv)
-    seconds = 3.0 if args.quick else args.seconds
+    seconds = 2.0 if args.quick else args.seconds
+    if args.quick:
+        args.nodes, args.backends = [3], ["asyncio"]
     load_before = load_average()
     results: list[dict[str, object]] = []
 
@@ -341,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         for backend in args.backends:
             add("almost_raft tcp (process per node)", backend, n, tcp_cluster(n, seconds, backend))
             add("almost_raft memory (one process)", backend, n, memory_cluster(n, seconds, backend))
-        add("pysyncobj, its defaults (T 0.4-1.4 s, h 0.1 s)", "threads", n, pysyncobj_cluster(n, seconds, "own"))
+        if not args.quick:
+            add("pysyncobj, its defaults (T 0.4-1.4 s, h 0.1 s)", "threads", n, pysyncobj_cluster(n, seconds, "own"))
         add("pysyncobj, our timing (T 0.15-0.3 s, h 0.049 s)", "threads", n, pysyncobj_cluster(n, seconds, "ours"))
     add("idle python (event loop asleep)", "asyncio", 1, idle_python(seconds))
     load_after = load_average()

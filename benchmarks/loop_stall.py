@@ -19,7 +19,7 @@ The answer is the largest ``s`` with no spurious election in any of its
 stalls, and the smallest ``s`` with one.
 
     python benchmarks/loop_stall.py            # s = 20..200 ms, 10 stalls each, asyncio and trio
-    python benchmarks/loop_stall.py --quick    # a few stall lengths, 2 stalls each
+    python benchmarks/loop_stall.py --quick    # asyncio, 3 stall lengths, 2 stalls each
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def _leader_run(backend: str, stall: float, stalls: int, period: float, seed: in
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 stall lengths, 2 stalls each")
+    parser.add_argument("--quick", action="store_true", help="asyncio, 3 stall lengths, 2 stalls each")
     parser.add_argument(
         "--stall-ms", type=float, nargs="+", default=[20, 40, 60, 70, 80, 90, 100, 110, 120, 140, 160, 200]
     )
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.quick:
-        args.stall_ms, args.stalls = [40, 90, 120, 200], 2
+        args.stall_ms, args.stalls, args.backends, args.period = [40, 90, 200], 2, ["asyncio"], 0.2
     load_before = load_average()
     results: list[dict[str, object]] = []
     for scenario in args.scenarios:

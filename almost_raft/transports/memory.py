@@ -105,8 +105,9 @@ class MemoryNetwork:
 
     def deliver_nowait(self, sender_id: NodeId, peer_id: NodeId, message: Message) -> None:
         """Carry *message* from *sender_id* to *peer_id* at once (ignoring ``latency``), or lose it."""
-        control = self._controls.get(peer_id)
-        if control is None or sender_id not in self._controls or not self.connected(sender_id, peer_id):
+        controls = self._controls
+        control = controls.get(peer_id)
+        if control is None or sender_id not in controls or (self._cut and (sender_id, peer_id) in self._cut):
             self.dropped += 1
             return
         state = self._states.get(peer_id)
