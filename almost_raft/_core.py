@@ -359,9 +359,7 @@ class Election:
         if self._role is Role.TERMINATED or paused == self._candidacy_paused:
             return self._flush()
         self._candidacy_paused = paused
-        logger.info(
-            "node %r term %d: candidacy %s", self._self_id, self._term, "paused" if paused else "resumed"
-        )
+        logger.info("node %r term %d: candidacy %s", self._self_id, self._term, "paused" if paused else "resumed")
         if paused and self._role is Role.LEADER:
             return self.transfer_leadership(None, now)
         if paused and self._role is Role.CANDIDATE:
