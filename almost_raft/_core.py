@@ -272,6 +272,8 @@ class Election:
         # Candidates seen standing in our own round since we last heard a
         # leader (the split-vote rule in _check_split_vote).
         self._rivals: dict[NodeId, None] = {}
+        self._vote_round_started_at = now
+        self._split_pending = False
         # leader state
         self._heartbeat_deadline = _NEVER
         self._transfer_deadline = _NEVER
@@ -686,6 +688,9 @@ class Election:
             return
         if self._role is Role.CANDIDATE and not self._pre_phase:
             self.counters.elections_lost += 1
+            if self._split_pending:
+                self._leave_split_vote(now)  # the split-vote rule, see _check_split_vote
+                return
         self._start_campaign(now)
 
     def _on_heartbeat_due(self, now: float) -> None:
@@ -718,6 +723,7 @@ class Election:
             self.counters.step_downs += 1
             logger.info("node %r term %d: stepping down", self._self_id, self._term)
         was_follower = self._role is _FOLLOWER
+        self._split_pending = False
         self._role = _FOLLOWER
         self._leader_id = leader_id
         self._pre_phase = False
@@ -740,6 +746,7 @@ class Election:
         self._granted = {self._self_id: None}
         self._refused = {}
         self._round_started_at = now
+        self._split_pending = False
         self._election_deadline = now + self._random_timeout()
         self.counters.pre_votes_started += 1
         logger.debug("node %r term %d: asking for pre-votes for term %d", self._self_id, self._term, self._term + 1)
@@ -758,6 +765,8 @@ class Election:
         self._leader_id = None
         self._granted = {self._self_id: None}
         self._refused = {}
+        self._vote_round_started_at = now
+        self._split_pending = False
         self._election_deadline = now + self._random_timeout()
         self.counters.elections_started += 1
         logger.info(
@@ -806,17 +815,21 @@ class Election:
         self._election_deadline = min(self._election_deadline, now + delay)
 
     def _check_split_vote(self, now: float) -> None:
-        """Leave a split vote at once instead of waiting out a fresh timeout.
+        """Leave a split vote within about one round trip instead of a fresh timeout.
 
-        When a quorum has answered a real round and this node still lacks a
-        quorum of grants, the others who answered voted for a rival in this
-        term and will not change their vote: the round is lost, short of a
-        late grant from a node that has not answered (usually a dead one).
-        Waiting a fresh ``[T, T_max]`` timeout then costs more than the whole
-        election.  Instead, a candidate that has seen a rival with a lower id
+        Once a quorum has answered a real round without electing this node,
+        the voters that refused voted for a rival in this term and will not
+        change their vote.  If even a grant from every node yet to answer
+        could not make a quorum, the round is clearly lost: leave it at once.
+        Otherwise the missing answers may still elect us, so wait once to
+        twice as long as the round has taken so far (about one round trip)
+        for them; if no win by then, the round is lost (the silent nodes are
+        probably down).
+        Leaving a lost round: a candidate that saw a rival with a lower id
         stand since it last heard a leader steps back (follower of the same
-        term, fresh timer), and the others stand again at once, so the
-        retry, usually by the lowest id, meets no rival.
+        term, fresh timer); the others stand again at once.  So the retry,
+        usually by the lowest id, meets no rival, and the cluster does not
+        wait out a fresh ``[T, T_max]`` timeout per split.
 
         Why this is safe: safety never depends on timing, only liveness does.
         Stepping back keeps ``term`` and ``voted_for``; standing again goes
@@ -836,7 +849,19 @@ class Election:
             or len(self._granted) + len(self._refused) < self.quorum
         ):
             return
-        self.counters.elections_lost += 1
+        members = max(self.cluster_size, self.config.min_nodes)
+        if members - len(self._refused) < self.quorum:
+            self.counters.elections_lost += 1
+            self._leave_split_vote(now)
+        elif not self._split_pending:
+            self._split_pending = True
+            # Randomized (once to twice that long) so that two candidates
+            # do not give up at the same instant.
+            wait = max(now - self._vote_round_started_at, self.config.election_timeout / 100)
+            self._election_deadline = min(self._election_deadline, now + wait * self._rng.uniform(1.0, 2.0))
+
+    def _leave_split_vote(self, now: float) -> None:
+        """Step back if a lower id stood against us, else stand again at once (``_check_split_vote``)."""
         mine = _rank(self._self_id)
         if (
             any(_rank(rival) < mine for rival in self._rivals)
@@ -846,7 +871,7 @@ class Election:
             logger.info("node %r term %d: split vote, stepping back", self._self_id, self._term)
             self._become_follower(now, self._term, None)
         else:
-            logger.info("node %r term %d: split vote, standing again at once", self._self_id, self._term)
+            logger.info("node %r term %d: split vote, standing again", self._self_id, self._term)
             self._start_campaign(now)
 
     def _become_leader(self, now: float) -> None:

@@ -14,7 +14,7 @@ broken rule raises ``SafetyViolation`` with the seed and a transcript.
 from __future__ import annotations
 
 from ._cluster import LocalCluster
-from ._explore import ExplorationResult, explore
+from ._explore import ExplorationResult, explore, explore_many
 from ._faults import FixedDelay, LinkFaults, LogNormalDelay, RandomFaults, UniformDelay
 from ._safety import RULES, SafetyChecker, SafetyViolation, Transcript, Violation
 from ._sim import SimNode, SimStats, Simulation
@@ -36,4 +36,5 @@ __all__ = (
     "UniformDelay",
     "Violation",
     "explore",
+    "explore_many",
 )

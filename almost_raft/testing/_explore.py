@@ -1,49 +1,65 @@
 """Bounded exhaustive exploration of a small cluster of real election cores.
 
 ``explore`` visits, breadth first, every state a cluster (three nodes by
-default) can reach through any interleaving of these steps:
+default) can reach through any interleaving of these steps, and checks the
+``SafetyChecker`` rules after every one:
 
-* deliver any message in flight (messages may be delivered in any order);
+* deliver any message in flight (in any order, after any delay);
 * lose any message in flight;
-* deliver a copy of a message and keep it in flight (a duplicate, within a
-  budget);
-* fire the timer of any node whose deadline has passed (timers may fire
-  late, never early);
-* let one quantum of time pass: all nodes share one clock, which advances
-  in quanta (``T`` is ``timeout_quanta`` of them, 2 by default, and the
-  heartbeat interval ``T / 2``), so every delay is a whole number of quanta;
+* deliver a copy of a message and keep it in flight (a duplicate; a path
+  may hold ``max_duplicates`` of them);
+* fire the timer of any node (see the clock models below);
 * restart a node from its storage, and ask a leader to hand over (each
   within a budget, off by default).
 
-It checks the ``SafetyChecker`` rules after every step.  The state space is
-made finite by bounds: states in which some node's term exceeds
-``max_term`` are checked but not expanded; a step that would leave more
-than ``max_in_flight`` messages in flight loses the extra ones (losing
-messages is allowed anyway); a leader sends at most ``max_heartbeats``
-timed heartbeat rounds per term.
+Two clock models:
 
-States are compared with their times taken relative to the current time:
-deadlines in the past count as "now", and other past times are clipped at
-``T`` ago.  The cores only compare times with ``now`` plus offsets of at
-most ``T``, so two states that differ only in those ways behave alike.
-Each state is stored as a 64-bit hash of that canonical form (a collision,
-about one chance in 10^8 for a million states, could only hide states).
+* ``clocks="per-node"`` (the default): every node has its own clock, and
+  the only thing that moves it is its own timer firing, which may happen at
+  any point of the interleaving.  Clocks are not compared across nodes, so
+  this is the fully asynchronous model (any drift, any delay) in which one
+  leader per term, one vote per term, monotonic terms and truthful views
+  must hold.  The lease rule needs bounded drift and is not checked here.
+* ``clocks="shared"``: one clock for all nodes, advanced by one quantum at
+  a time (``T`` is ``timeout_quanta`` quanta, the heartbeat interval
+  ``T / 2``); a timer fires at its deadline or any time later, and every
+  delay is a whole number of quanta.  All five rules are checked, the lease
+  rule included.  This model has many more states per term.
+
+The state space is made finite by bounds: states in which some node's term
+exceeds ``max_term`` are checked but not expanded; a step that would leave
+more than ``max_in_flight`` messages in flight loses the extra ones (losing
+messages is allowed anyway); a leader sends at most ``max_heartbeats``
+timed heartbeat rounds per term; and, optionally, no path is longer than
+``max_depth`` steps.
+
+States are compared with every time taken relative to the clock of its
+node: deadlines in the past count as "now", and other past times are
+clipped at ``T`` ago.  The cores only compare times with ``now`` plus
+offsets of at most ``T``, so states that differ only in those ways behave
+alike.  Each state is stored as a 64-bit hash of that canonical form (a
+collision, about one chance in 10^7 for a million states, could only hide
+states, never report a false violation).
 
 Timeouts are not randomized here (``election_timeout_max == T``): the
-exploration chooses the timing itself, which covers every random draw that
-lands on the quantum grid.  Clock drift and random timing are the
-simulator's job.
+exploration chooses the timing itself.  Random timing and bounded clock
+drift are the simulator's job.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
+import multiprocessing
 import operator
+import os
+import random
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, Literal, final
 
 from .._core import Config, CoreCounters, Election, Output
 from .._messages import LeaderChanged, Message, NodeId, Role
@@ -51,13 +67,16 @@ from .._protocols import HardState
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
 from ._sim import core_logging
 
-_UNIT = 1.0
 _MS = 1e-3  # transcripts show one time quantum as one millisecond
+_NEVER = float("inf")
+
+ClockModel = Literal["per-node", "shared"]
 
 # A message in flight: (destination index, sender id, message).
 _Item = tuple[int, NodeId, Message]
-# An action: what the explorer did, enough to replay it.
-_Action = tuple[str, object]
+# An action: what the explorer did, enough to replay it: (kind, argument,
+# which choice of the sends that fit in flight was kept).
+_Action = tuple[str, object, int]
 
 
 @final
@@ -69,7 +88,8 @@ class ExplorationResult:
         states: distinct states reached (the initial one included).
         transitions: steps executed (each leads to a new or an already seen state).
         depth: the most steps on a shortest path to any state reached.
-        unexpanded: states checked but not expanded because a term passed ``max_term``.
+        unexpanded: states checked but not expanded: a term passed ``max_term``,
+            or the path reached ``max_depth``.
         truncated: sends lost to the ``max_in_flight`` bound.
         max_term_reached: the highest term any node reached.
         leaders_elected: distinct (term, leader) pairs seen.
@@ -116,6 +136,21 @@ _DEADLINES = frozenset(
 
 
 @final
+class _LowDraws(random.Random):
+    """A ``random.Random`` whose draws are always the low end of their range.
+
+    The exploration chooses the timing itself (timers fire whenever it says),
+    so a random draw would only make otherwise equal states differ.
+    """
+
+    def random(self) -> float:
+        return 0.0
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+@final
 class _Layout:
     """How to copy and compare ``Election`` objects, read once from a fresh core.
 
@@ -129,7 +164,9 @@ class _Layout:
         fields = core.__dict__
         for name, value in fields.items():
             kind = type(value)
-            if not (kind in (dict, list, set) or isinstance(value, _IMMUTABLE) or kind is CoreCounters or name == "_rng"):
+            if not (
+                kind in (dict, list, set) or isinstance(value, _IMMUTABLE) or kind is CoreCounters or name == "_rng"
+            ):
                 # A new kind of field in Election: teach _Layout about it.
                 raise TypeError(f"explore cannot copy Election.{name} of type {kind.__name__}")
         self.size = len(fields)
@@ -141,6 +178,7 @@ class _Layout:
         self.plain = operator.itemgetter(*[n for n in keyed if n not in floats and n not in self.dicts])
         self.deadlines = operator.itemgetter(*[n for n in floats if n in _DEADLINES])
         self.past = operator.itemgetter(*[n for n in floats if n not in _DEADLINES])
+        self.timed_dicts: dict[str, bool] = {}
 
     def clone(self, core: Election) -> Election:
         fields = core.__dict__
@@ -153,27 +191,35 @@ class _Layout:
             copy[name] = fields[name].copy()
         return new
 
-    def key(self, core: Election, now: float) -> tuple[object, ...]:
-        """*core*'s state with times relative to *now*.
+    def key(self, core: Election, now: float) -> int:
+        """A hash of *core*'s state with times relative to *now*.
 
         Deadlines in the past become 0; other past times (when something was
         sent, acknowledged, started) are clipped at ``T`` ago: the core
         compares them with ``now - T`` at most.
         """
         fields = core.__dict__
-        low = -self.horizon
+        floor = now - self.horizon
         parts: list[object] = [
             self.plain(fields),
-            tuple(0.0 if t < now else t - now for t in self.deadlines(fields)),
-            tuple(low if t - now < low else t - now for t in self.past(fields)),
+            tuple([(t if t > now else now) - now for t in self.deadlines(fields)]),
+            tuple([(t if t > floor else floor) - now for t in self.past(fields)]),
         ]
+        timed = self.timed_dicts
         for name in self.dicts:
             value = fields[name]
-            if value and type(next(iter(value.values()))) is float:
-                parts.append(tuple((k, low if t - now < low else t - now) for k, t in value.items()))
+            if not value:
+                parts.append(())
+                continue
+            is_timed = timed.get(name)
+            if is_timed is None:
+                # Learnt from the first non-empty value: a dict holds times or it does not.
+                is_timed = timed[name] = type(next(iter(value.values()))) is float
+            if is_timed:
+                parts.append(tuple([(k, (t if t > floor else floor) - now) for k, t in value.items()]))
             else:
                 parts.append(tuple(value.items()))
-        return tuple(parts)
+        return hash(tuple(parts))
 
 
 # ------------------------------------------------------------------ states
@@ -181,13 +227,13 @@ class _Layout:
 
 @final
 class _State:
-    __slots__ = ("checker", "cores", "dups", "inflight", "keys", "now", "restarts", "rounds", "transfers")
+    __slots__ = ("checker", "cores", "dups", "inflight", "keys", "nows", "restarts", "rounds", "transfers")
 
     def __init__(
         self,
-        now: float,
+        nows: tuple[float, ...],
         cores: tuple[Election, ...],
-        keys: tuple[tuple[object, ...], ...],
+        keys: tuple[int, ...],
         inflight: tuple[_Item, ...],
         dups: int,
         restarts: int,
@@ -195,7 +241,7 @@ class _State:
         rounds: tuple[tuple[int, int], ...],
         checker: SafetyChecker,
     ) -> None:
-        self.now = now
+        self.nows = nows
         self.cores = cores
         self.keys = keys
         self.inflight = inflight
@@ -204,6 +250,27 @@ class _State:
         self.transfers = transfers
         self.rounds = rounds
         self.checker = checker
+
+    def but(self, **changes: object) -> _State:
+        """A copy with some fields replaced."""
+        new = _State.__new__(_State)
+        for name in _State.__slots__:
+            setattr(new, name, changes.get(name, getattr(self, name)))
+        return new
+
+    def without(self, inflight: tuple[_Item, ...]) -> _State:
+        """The same state with *inflight* in flight (a message lost)."""
+        return _State(
+            self.nows,
+            self.cores,
+            self.keys,
+            inflight,
+            self.dups,
+            self.restarts,
+            self.transfers,
+            self.rounds,
+            self.checker,
+        )
 
     def key(self) -> int:
         return hash(
@@ -225,6 +292,7 @@ class _Explorer:
         self,
         ids: tuple[NodeId, ...],
         *,
+        clocks: ClockModel,
         max_term: int,
         max_in_flight: int,
         max_duplicates: int,
@@ -238,6 +306,7 @@ class _Explorer:
         clock_drift: float,
     ) -> None:
         self.ids = ids
+        self.shared = clocks == "shared"
         self.index = {node_id: i for i, node_id in enumerate(ids)}
         self.max_term = max_term
         self.max_in_flight = max_in_flight
@@ -258,19 +327,18 @@ class _Explorer:
             )
             for node_id in ids
         )
+        self.rng = _LowDraws(0)
         self.layout = _Layout(self._new_core(0, None, 0.0), timeout)
-        self.initial_budgets = (max_duplicates, restarts, transfers)
+        self.budgets = (max_duplicates, restarts, transfers)
         self.truncated = 0
         self.order: dict[Message, str] = {}
         self.transcript: Transcript | None = None
-
-    # -------------------------------------------------------------- building
+        # While replaying a path: which choice of kept sends the step took.
+        self.choice: int | None = None
 
     def _new_core(self, i: int, hard_state: HardState | None, now: float) -> Election:
-        import random  # the rng is never drawn from: timeouts are not randomized here
-
         peers = [p for p in self.ids if p != self.ids[i]]
-        return Election(self.configs[i], peers=peers, hard_state=hard_state, rng=random.Random(0), now=now)
+        return Election(self.configs[i], peers=peers, hard_state=hard_state, rng=self.rng, now=now)
 
     def initial(self) -> tuple[_State, Violation | None]:
         cores = tuple(self._new_core(i, None, 0.0) for i in range(len(self.ids)))
@@ -278,10 +346,19 @@ class _Explorer:
         violation = None
         for i, core in enumerate(cores):
             violation = violation or self._observe(checker, i, core, 0.0, "start", None, ())
-        dups, restarts, transfers = self.initial_budgets
-        keys = tuple(self.layout.key(c, 0.0) for c in cores)
-        rounds = tuple((0, 0) for _ in cores)
-        return _State(0.0, cores, keys, (), dups, restarts, transfers, rounds, checker), violation
+        dups, restarts, transfers = self.budgets
+        state = _State(
+            nows=tuple(0.0 for _ in cores),
+            cores=cores,
+            keys=tuple(self.layout.key(c, 0.0) for c in cores),
+            inflight=(),
+            dups=dups,
+            restarts=restarts,
+            transfers=transfers,
+            rounds=tuple((0, 0) for _ in cores),
+            checker=checker,
+        )
+        return state, violation
 
     def _observe(
         self,
@@ -293,9 +370,11 @@ class _Explorer:
         detail: object,
         events: tuple[LeaderChanged, ...],
     ) -> Violation | None:
-        lease = core.lease_expires_at
+        # With per-node clocks, leases are not comparable: the lease rule is
+        # the shared-clock model's (and the simulator's) to check.
+        lease = core.lease_expires_at if self.shared else -_NEVER
         if self.transcript is not None:
-            snap = (core.role, core.term, core.voted_for, core.leader_id, lease > now)
+            snap = (core.role, core.term, core.voted_for, core.leader_id, core.holds_lease(now))
             self.transcript.record((now * _MS, kind, self.ids[i], detail, snap))
         return checker.observe(self.ids[i], core.role, core.term, core.voted_for, lease, now, events)
 
@@ -305,231 +384,183 @@ class _Explorer:
             text = self.order[item[2]] = repr(item[2])
         return (item[0], str(item[1]), text)
 
-    def _after_step(
+    # ------------------------------------------------------------- stepping
+
+    def successors(self, state: _State) -> Iterator[tuple[_Action, _State, Violation | None]]:
+        """Every step possible from *state*: (action, next state, broken rule or None)."""
+        seen: set[_Item] = set()
+        inflight = state.inflight
+        for n, item in enumerate(inflight):
+            if item in seen:
+                continue  # an identical copy leads to the same states
+            seen.add(item)
+            rest = inflight[:n] + inflight[n + 1 :]
+            for j, (succ, broken) in enumerate(self._deliver(state, item, list(rest), state.dups)):
+                yield ("deliver", item, j), succ, broken
+            yield ("lose", item, 0), state.without(rest), None
+            if state.dups > 0:
+                for j, (succ, broken) in enumerate(self._deliver(state, item, list(inflight), state.dups - 1)):
+                    yield ("duplicate", item, j), succ, broken
+        for i, core in enumerate(state.cores):
+            deadline = core.next_deadline
+            if deadline == _NEVER or (self.shared and deadline > state.nows[i]):
+                continue
+            if core.role is Role.LEADER and state.rounds[i] == (core.term, self.max_heartbeats):
+                continue
+            for j, (succ, broken) in enumerate(self._tick(state, i)):
+                yield ("tick", i, j), succ, broken
+        if self.shared:
+            yield ("advance", None, 0), self._advance(state), None
+        if state.restarts > 0:
+            for i in range(len(state.cores)):
+                for j, (succ, broken) in enumerate(self._restart(state, i)):
+                    yield ("restart", i, j), succ, broken
+        if state.transfers > 0:
+            for i, core in enumerate(state.cores):
+                if core.role is Role.LEADER:
+                    for j, (succ, broken) in enumerate(self._transfer(state, i)):
+                        yield ("transfer", i, j), succ, broken
+
+    def apply(self, state: _State, action: _Action) -> tuple[_State, Violation | None]:
+        """Take one step again (to rebuild the trace of a violation)."""
+        kind, arg, choice = action
+        self.choice = choice
+        if kind in ("deliver", "duplicate", "lose"):
+            item: _Item = arg  # type: ignore[assignment]
+            rest = list(state.inflight)
+            if kind != "duplicate":
+                rest.remove(item)
+            if kind == "lose":
+                if self.transcript is not None:
+                    detail = (item[1], item[2], "lost")
+                    self.transcript.record((state.nows[item[0]] * _MS, "drop", self.ids[item[0]], detail, None))
+                return state.without(tuple(rest)), None
+            (result,) = self._deliver(state, item, rest, state.dups - (kind == "duplicate"))
+            return result
+        if kind == "advance":
+            return self._advance(state), None
+        index: int = arg  # type: ignore[assignment]
+        if kind == "tick":
+            (result,) = self._tick(state, index)
+        elif kind == "restart":
+            (result,) = self._restart(state, index)
+        else:
+            (result,) = self._transfer(state, index)
+        return result
+
+    def _deliver(
+        self, state: _State, item: _Item, rest: list[_Item], dups: int
+    ) -> list[tuple[_State, Violation | None]]:
+        i, sender, message = item
+        core = self.layout.clone(state.cores[i])
+        now = state.nows[i]
+        out = core.step(message, now)
+        return self._after(state, i, now, core, out, rest, "deliver", (sender, message), dups=dups)
+
+    def _tick(self, state: _State, i: int) -> list[tuple[_State, Violation | None]]:
+        core = self.layout.clone(state.cores[i])
+        # Per-node clocks jump to the deadline; a shared clock is already past it.
+        now = max(state.nows[i], core.next_deadline)
+        timed = core.role is Role.LEADER
+        out = core.tick(now)
+        return self._after(state, i, now, core, out, list(state.inflight), "tick", None, timed=timed)
+
+    def _restart(self, state: _State, i: int) -> list[tuple[_State, Violation | None]]:
+        old = state.cores[i]
+        now = state.nows[i]
+        core = self._new_core(i, HardState(old.term, old.voted_for), now)
+        out = Output(persist=None, sends=(), events=(), next_deadline=core.next_deadline)
+        state = state.but(restarts=state.restarts - 1)
+        return self._after(state, i, now, core, out, list(state.inflight), "restart", None, crashed=True)
+
+    def _transfer(self, state: _State, i: int) -> list[tuple[_State, Violation | None]]:
+        core = self.layout.clone(state.cores[i])
+        now = state.nows[i]
+        out = core.transfer_leadership(None, now)
+        state = state.but(transfers=state.transfers - 1)
+        return self._after(state, i, now, core, out, list(state.inflight), "transfer", None)
+
+    def _advance(self, state: _State) -> _State:
+        nows = tuple(now + 1.0 for now in state.nows)
+        if self.transcript is not None:
+            self.transcript.record((nows[0] * _MS, "fault", None, "one time quantum passes", None))
+        return state.but(nows=nows, keys=tuple(self.layout.key(c, nows[0]) for c in state.cores))
+
+    def _after(
         self,
         state: _State,
         i: int,
+        now: float,
         core: Election,
         out: Output,
         inflight: list[_Item],
         kind: str,
         detail: object,
         *,
-        dups: int,
-        restarts: int,
-        transfers: int,
-        rounds: tuple[tuple[int, int], ...],
+        dups: int | None = None,
+        timed: bool = False,
         crashed: bool = False,
-    ) -> tuple[_State, Violation | None]:
-        now = state.now
-        room = self.max_in_flight - len(inflight)
+    ) -> list[tuple[_State, Violation | None]]:
+        """The states after a step of node *i*: one per choice of the sends that fit in flight."""
         sender = self.ids[i]
-        for to, message in out.sends:
-            if room <= 0:
-                self.truncated += 1
+        sends = [(self.index[to], sender, message) for to, message in out.sends]
+        room = max(self.max_in_flight - len(inflight), 0)
+        if len(sends) <= room:
+            choices: list[tuple[_Item, ...]] = [tuple(sends)]
+        else:
+            # The network may lose any of them: every way to fill the room
+            # (smaller choices are reached by losing a message later).
+            choices = list(itertools.combinations(sends, room))
+            self.truncated += len(sends) - room
+            if self.choice is not None:
+                choices = [choices[self.choice]]
                 if self.transcript is not None:
-                    self.transcript.record((now * _MS, "drop", to, (sender, message, "in-flight bound"), None))
-                continue
-            inflight.append((self.index[to], sender, message))
-            room -= 1
-        inflight.sort(key=self._sort_key)
-        checker = state.checker.copy()
-        if crashed:
-            checker.crashed(sender)
+                    for item in sends:
+                        if item not in choices[0]:
+                            to = self.ids[item[0]]
+                            self.transcript.record((now * _MS, "drop", to, (sender, item[2], "lost"), None))
+        checker = state.checker
+        lease = core.lease_expires_at if self.shared else -_NEVER
+        if crashed or checker.changes(sender, core.role, core.term, core.voted_for, lease):
+            # Copy on write: most steps leave the checker's memory as it was.
+            checker = checker.copy()
+            if crashed:
+                checker.crashed(sender)
         violation = self._observe(checker, i, core, now, kind, detail, out.events)
-        cores = state.cores[:i] + (core,) + state.cores[i + 1 :]
-        keys = state.keys[:i] + (self.layout.key(core, now),) + state.keys[i + 1 :]
-        new = _State(now, cores, keys, tuple(inflight), dups, restarts, transfers, rounds, checker)
-        return new, violation
-
-    # ------------------------------------------------------------- stepping
-
-    def successors(self, state: _State) -> Iterator[tuple[_Action, _State, Violation | None]]:
-        seen: set[_Item] = set()
-        inflight = state.inflight
-        for n, item in enumerate(inflight):
-            if item in seen:
-                continue
-            seen.add(item)
-            rest = inflight[:n] + inflight[n + 1 :]
-            yield (("deliver", item), *self._deliver(state, item, list(rest), state.dups))
-            lost = _State(
-                state.now,
-                state.cores,
-                state.keys,
-                rest,
-                state.dups,
-                state.restarts,
-                state.transfers,
-                state.rounds,
-                state.checker,
-            )
-            yield ("lose", item), lost, None
-            if state.dups > 0:
-                yield (("duplicate", item), *self._deliver(state, item, list(inflight), state.dups - 1))
-        for i, core in enumerate(state.cores):
-            if core.next_deadline <= state.now:
-                if core.role is Role.LEADER and state.rounds[i] == (core.term, self.max_heartbeats):
-                    continue
-                yield (("tick", i), *self._tick(state, i))
-        yield ("advance", None), self._advance(state), None
-        if state.restarts > 0:
-            for i in range(len(state.cores)):
-                yield (("restart", i), *self._restart(state, i))
-        if state.transfers > 0:
-            for i, core in enumerate(state.cores):
-                if core.role is Role.LEADER:
-                    yield (("transfer", i), *self._transfer(state, i))
-
-    def apply(self, state: _State, action: _Action) -> tuple[_State, Violation | None]:
-        """Replay one action (used to rebuild the trace of a violation)."""
-        kind, arg = action
-        if kind == "deliver" or kind == "duplicate":
-            item: _Item = arg  # type: ignore[assignment]
-            rest = list(state.inflight)
-            if kind == "deliver":
-                rest.remove(item)
-            return self._deliver(state, item, rest, state.dups - (kind == "duplicate"))
-        if kind == "lose":
-            rest = list(state.inflight)
-            rest.remove(arg)  # type: ignore[arg-type]
-            lost_item: _Item = arg  # type: ignore[assignment]
-            if self.transcript is not None:
-                self.transcript.record(
-                    (state.now * _MS, "drop", self.ids[lost_item[0]], (lost_item[1], lost_item[2], "lost"), None)
-                )
-            return (
-                _State(
-                    state.now,
-                    state.cores,
-                    state.keys,
-                    tuple(rest),
-                    state.dups,
-                    state.restarts,
-                    state.transfers,
-                    state.rounds,
-                    state.checker,
-                ),
-                None,
-            )
-        if kind == "tick":
-            return self._tick(state, arg)  # type: ignore[arg-type]
-        if kind == "advance":
-            return self._advance(state), None
-        if kind == "restart":
-            return self._restart(state, arg)  # type: ignore[arg-type]
-        return self._transfer(state, arg)  # type: ignore[arg-type]
-
-    def _deliver(self, state: _State, item: _Item, rest: list[_Item], dups: int) -> tuple[_State, Violation | None]:
-        i, sender, message = item
-        core = self.layout.clone(state.cores[i])
-        out = core.step(message, state.now)
-        return self._after_step(
-            state,
-            i,
-            core,
-            out,
-            rest,
-            "deliver",
-            (sender, message),
-            dups=dups,
-            restarts=state.restarts,
-            transfers=state.transfers,
-            rounds=self._rounds(state, i, core, timed=False),
-        )
-
-    def _tick(self, state: _State, i: int) -> tuple[_State, Violation | None]:
-        core = self.layout.clone(state.cores[i])
-        was_leader = core.role is Role.LEADER
-        out = core.tick(state.now)
-        return self._after_step(
-            state,
-            i,
-            core,
-            out,
-            list(state.inflight),
-            "tick",
-            None,
-            dups=state.dups,
-            restarts=state.restarts,
-            transfers=state.transfers,
-            rounds=self._rounds(state, i, core, timed=was_leader),
-        )
-
-    def _restart(self, state: _State, i: int) -> tuple[_State, Violation | None]:
-        old = state.cores[i]
-        core = self._new_core(i, HardState(old.term, old.voted_for), state.now)
-        out = Output(persist=None, sends=(), events=(), next_deadline=core.next_deadline)
-        return self._after_step(
-            state,
-            i,
-            core,
-            out,
-            list(state.inflight),
-            "restart",
-            None,
-            dups=state.dups,
-            restarts=state.restarts - 1,
-            transfers=state.transfers,
-            rounds=self._rounds(state, i, core, timed=False),
-            crashed=True,
-        )
-
-    def _transfer(self, state: _State, i: int) -> tuple[_State, Violation | None]:
-        core = self.layout.clone(state.cores[i])
-        out = core.transfer_leadership(None, state.now)
-        return self._after_step(
-            state,
-            i,
-            core,
-            out,
-            list(state.inflight),
-            "transfer",
-            None,
-            dups=state.dups,
-            restarts=state.restarts,
-            transfers=state.transfers - 1,
-            rounds=self._rounds(state, i, core, timed=False),
-        )
-
-    def _advance(self, state: _State) -> _State:
-        now = state.now + _UNIT
-        if self.transcript is not None:
-            self.transcript.record((now * _MS, "fault", None, "time passes", None))
-        keys = tuple(self.layout.key(c, now) for c in state.cores)
-        return _State(
-            now,
-            state.cores,
-            keys,
-            state.inflight,
-            state.dups,
-            state.restarts,
-            state.transfers,
-            state.rounds,
-            state.checker,
-        )
-
-    @staticmethod
-    def _rounds(state: _State, i: int, core: Election, *, timed: bool) -> tuple[tuple[int, int], ...]:
+        # A leader's timed heartbeat rounds in its current term (bounded).
+        rounds = state.rounds
         if core.role is not Role.LEADER:
             value = (0, 0)
         else:
-            term, count = state.rounds[i]
+            term, count = rounds[i]
             if term != core.term:
                 term, count = core.term, 0
             value = (term, count + 1 if timed else count)
-        if value == state.rounds[i]:
-            return state.rounds
-        return state.rounds[:i] + (value,) + state.rounds[i + 1 :]
+        if value != rounds[i]:
+            rounds = (*rounds[:i], value, *rounds[i + 1 :])
+        nows = (*state.nows[:i], now, *state.nows[i + 1 :]) if not self.shared else state.nows
+        cores = (*state.cores[:i], core, *state.cores[i + 1 :])
+        keys = (*state.keys[:i], self.layout.key(core, now), *state.keys[i + 1 :])
+        dups = state.dups if dups is None else dups
+        results = []
+        for kept in choices:
+            flight = inflight + list(kept) if kept else inflight
+            if len(flight) > 1:
+                flight.sort(key=self._sort_key)
+            new = _State(nows, cores, keys, tuple(flight), dups, state.restarts, state.transfers, rounds, checker)
+            results.append((new, violation))
+        return results
 
 
 def explore(
     nodes: int = 3,
     *,
+    clocks: ClockModel = "per-node",
     max_term: int = 3,
     max_in_flight: int = 3,
     max_duplicates: int = 1,
     max_heartbeats: int = 2,
+    max_depth: int | None = None,
     restarts: int = 0,
     transfers: int = 0,
     timeout_quanta: int = 2,
@@ -543,10 +574,13 @@ def explore(
 
     Args:
         nodes: the cluster size (ids ``"a"``, ``"b"``, ...).
+        clocks: ``"per-node"`` (asynchronous, four rules) or ``"shared"``
+            (one quantized clock, all five rules, the lease included).
         max_term: states where a term exceeds this are checked, not expanded.
         max_in_flight: at most this many messages in flight; extra sends are lost.
         max_duplicates: how many duplicate deliveries a path may contain.
         max_heartbeats: timed heartbeat rounds a leader may send per term.
+        max_depth: explore paths of at most this many steps (``None``: no limit).
         restarts: how many restarts from storage a path may contain.
         transfers: how many leadership transfers a path may contain.
         timeout_quanta: ``T`` in time quanta (even, >= 2); the heartbeat
@@ -558,23 +592,12 @@ def explore(
     Returns:
         The counts, and the first violation with a shortest path to it.
     """
-    bounds: dict[str, object] = {
-        "nodes": nodes,
-        "max_term": max_term,
-        "max_in_flight": max_in_flight,
-        "max_duplicates": max_duplicates,
-        "max_heartbeats": max_heartbeats,
-        "restarts": restarts,
-        "transfers": transfers,
-        "timeout_quanta": timeout_quanta,
-        "pre_vote": pre_vote,
-        "check_quorum": check_quorum,
-        "split_vote_retry": split_vote_retry,
-    }
+    if clocks not in ("per-node", "shared"):
+        raise ValueError(f"clocks must be 'per-node' or 'shared', got {clocks!r}")
     if timeout_quanta < 2 or timeout_quanta % 2:
         raise ValueError(f"timeout_quanta must be even and >= 2, got {timeout_quanta}")
-    ids: tuple[NodeId, ...] = tuple(chr(ord("a") + i) for i in range(nodes))
-    options = {
+    options: dict[str, object] = {
+        "clocks": clocks,
         "max_term": max_term,
         "max_in_flight": max_in_flight,
         "max_duplicates": max_duplicates,
@@ -587,21 +610,22 @@ def explore(
         "split_vote_retry": split_vote_retry,
         "clock_drift": clock_drift,
     }
-    # The search allocates millions of small containers and frees none
-    # until the end: the cyclic garbage collector would walk them all, again
-    # and again, for nothing (nothing here forms cycles that outlive a call).
+    ids: tuple[NodeId, ...] = tuple(chr(ord("a") + i) for i in range(nodes))
+    # The search allocates millions of small containers and frees few until
+    # the end: the cyclic garbage collector would walk them all, again and
+    # again, for nothing (the search makes no reference cycles).
     collecting = gc.isenabled()
     gc.disable()
     try:
         with core_logging(False):
-            return _explore(ids, options, bounds, max_states)
+            return _explore(ids, options, max_states, max_depth)
     finally:
         if collecting:
             gc.enable()
 
 
 def _explore(
-    ids: tuple[NodeId, ...], options: dict[str, object], bounds: dict[str, object], max_states: int | None
+    ids: tuple[NodeId, ...], options: dict[str, object], max_states: int | None, max_depth: int | None
 ) -> ExplorationResult:
     explorer = _Explorer(ids, **options)  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -609,8 +633,7 @@ def _explore(
     visited = {initial.key()}
     # Each frontier entry: (state, depth, path), the path as nested (parent, action) pairs.
     frontier: deque[tuple[_State, int, object]] = deque([(initial, 0, None)])
-    transitions = unexpanded = depth = 0
-    max_term_reached = 0
+    transitions = unexpanded = depth = max_term_reached = 0
     leaders: set[tuple[int, NodeId]] = set()
     complete = True
     found: tuple[Violation, object] | None = None
@@ -622,7 +645,7 @@ def _explore(
         for core in state.cores:
             if core.role is Role.LEADER:
                 leaders.add((core.term, core.self_id))
-        if top > explorer.max_term:
+        if top > explorer.max_term or (max_depth is not None and level >= max_depth):
             unexpanded += 1
             continue
         for action, succ, broken in explorer.successors(state):
@@ -653,7 +676,7 @@ def _explore(
         leaders_elected=len(leaders),
         elapsed=time.perf_counter() - started,
         complete=complete,
-        bounds=bounds,
+        bounds={**{k: v for k, v in options.items() if k != "clock_drift"}, "max_depth": max_depth},
         violation=violation,
         trace=trace,
     )
@@ -671,4 +694,28 @@ def _replay(ids: tuple[NodeId, ...], options: dict[str, object], path: object, v
     for action in actions:
         state, _ = explorer.apply(state, action)
     lines = explorer.transcript.relevant(violation.nodes, violation.term, last=60)
-    return (f"a shortest path of {len(actions)} steps (one time quantum is shown as 1 ms)", *lines)
+    unit = "one time quantum is shown as 1 ms" + ("" if explorer.shared else "; each node's own clock")
+    return (f"a shortest path of {len(actions)} steps ({unit})", *lines)
+
+
+def _explore_kwargs(options: dict[str, Any]) -> ExplorationResult:
+    return explore(**options)
+
+
+def explore_many(configs: list[dict[str, Any]], *, processes: int | None = None) -> list[ExplorationResult]:
+    """Run ``explore(**config)`` for each config, in parallel worker processes.
+
+    Args:
+        configs: keyword arguments for ``explore``, one dict per run.
+        processes: how many workers (default: one per CPU, at most one per run).
+
+    Returns:
+        The results, in the order of *configs*.
+    """
+    workers = min(len(configs), processes or os.cpu_count() or 1)
+    if workers <= 1:
+        return [explore(**c) for c in configs]
+    # "spawn": a fresh interpreter per worker, safe whatever threads the caller runs.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_explore_kwargs, configs))

@@ -235,10 +235,15 @@ class FaultInjector:
         n = len(sim.node_ids)
         self._max_down = (n - 1) // 2 if spec.max_down is None else spec.max_down
         self.injected: dict[str, int] = dict.fromkeys(spec.weights(), 0)
+        self.stopped = False
 
     def start(self) -> None:
         """Schedule the first fault."""
         self._schedule_next()
+
+    def stop(self) -> None:
+        """Inject no more faults, and leave the ones in force to the caller (nothing is undone later)."""
+        self.stopped = True
 
     def _schedule_next(self) -> None:
         gap = self._rng.expovariate(1.0 / self._spec.mean_interval)
@@ -248,6 +253,8 @@ class FaultInjector:
         return self._rng.uniform(self._spec.min_duration, self._spec.max_duration)
 
     def _inject(self, sim: Simulation) -> None:
+        if self.stopped:
+            return
         self._schedule_next()
         total = sum(w for _, w in self._kinds)
         pick = self._rng.uniform(0, total)
@@ -301,16 +308,19 @@ class FaultInjector:
         return self._rng.choice(candidates)
 
     def _wake(self, sim: Simulation, victim: NodeId) -> None:
-        sim.resume(victim)
-        self._down.pop(victim, None)
+        if not self.stopped:
+            sim.resume(victim)
+            self._down.pop(victim, None)
 
     def _restart(self, sim: Simulation, victim: NodeId, storage: bool) -> None:
-        sim.restart(victim, storage=storage)
-        self._down.pop(victim, None)
+        if not self.stopped:
+            sim.restart(victim, storage=storage)
+            self._down.pop(victim, None)
 
     def _heal(self, sim: Simulation) -> None:
-        sim.heal_all()
-        self._network_busy = False
+        if not self.stopped:
+            sim.heal_all()
+            self._network_busy = False
 
     def _network_fault(self, sim: Simulation, kind: str, ids: list[NodeId]) -> None:
         rng = self._rng
@@ -335,4 +345,3 @@ class FaultInjector:
             pairs = [(a, b) for a in ids for b in ids if a != b]
             for a, b in rng.sample(pairs, rng.randint(1, len(pairs))):
                 sim.set_link(a, b, self._spec.lossy_link, both_ways=False)
-

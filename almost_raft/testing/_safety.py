@@ -221,7 +221,7 @@ class SafetyChecker:
     forgets, such as one restarted without its storage.
     """
 
-    __slots__ = ("_lease_until", "_leaders", "_terms", "_votes", "checks")
+    __slots__ = ("_leaders", "_lease_until", "_terms", "_votes", "checks")
 
     def __init__(self) -> None:
         self._terms: dict[NodeId, int] = {}
@@ -254,6 +254,17 @@ class SafetyChecker:
         """Whether *node_id* held a lease at *now* as of its last step."""
         return self._lease_until.get(node_id, -math.inf) > now
 
+    def changes(
+        self, node_id: NodeId, role: Role, term: int, voted_for: NodeId | None, lease_until: float
+    ) -> bool:
+        """Whether ``observe`` with these values would change what the checker remembers."""
+        return (
+            self._terms.get(node_id) != term
+            or (voted_for is not None and (node_id, term) not in self._votes)
+            or (role is Role.LEADER and term not in self._leaders)
+            or self._lease_until.get(node_id) != lease_until
+        )
+
     def observe(
         self,
         node_id: NodeId,
@@ -279,7 +290,9 @@ class SafetyChecker:
         self.checks += 1
         last = self._terms.get(node_id, 0)
         if term < last:
-            return Violation(TERMS_NEVER_DECREASE, f"{node_id!r} went from term {last} to {term}", now, (node_id,), term)
+            return Violation(
+                TERMS_NEVER_DECREASE, f"{node_id!r} went from term {last} to {term}", now, (node_id,), term
+            )
         self._terms[node_id] = term
         if voted_for is not None:
             key = (node_id, term)
@@ -308,8 +321,7 @@ class SafetyChecker:
                 if until > now and other != node_id:
                     return Violation(
                         ONE_LEASE_AT_A_TIME,
-                        f"{node_id!r} holds a lease (term {term}) while {other!r} holds one until "
-                        f"{until * 1e3:.3f} ms",
+                        f"{node_id!r} holds a lease (term {term}) while {other!r} holds one until {until * 1e3:.3f} ms",
                         now,
                         (node_id, other),
                         term,

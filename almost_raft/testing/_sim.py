@@ -198,7 +198,9 @@ class Simulation:
             raise ValueError(f"duplicate node ids in {ids!r}")
         timeout = check_seconds("election_timeout", election_timeout)
         timeout_max = 2 * timeout if election_timeout_max is None else float(election_timeout_max)
-        heartbeat = timeout / 3 if heartbeat_interval is None else check_seconds("heartbeat_interval", heartbeat_interval)
+        heartbeat = (
+            timeout / 3 if heartbeat_interval is None else check_seconds("heartbeat_interval", heartbeat_interval)
+        )
         if timeout_max < timeout:
             raise ValueError("election_timeout_max must be >= election_timeout")
         if heartbeat > timeout / 2:
@@ -494,7 +496,9 @@ class Simulation:
         lease_until = node.true(expires) if expires > -_INF else -_INF
         if node.status == "crashed":
             lease_until = -_INF
-        self.transcript.record((now, kind, node.node_id, detail, (role, term, core.voted_for, core.leader_id, lease_until > now)))
+        self.transcript.record(
+            (now, kind, node.node_id, detail, (role, term, core.voted_for, core.leader_id, lease_until > now))
+        )
         if role is Role.LEADER:
             if term > node.led_term:
                 node.led_term = term
@@ -565,7 +569,8 @@ class Simulation:
                 self.checker.forgot(node_id)
         node.restarts += 1
         node.core = self._new_core(node.config, node.rng, node.saved, node.local(self._now))
-        self._started(node, "restart")
+        with core_logging(self.log):
+            self._started(node, "restart")
 
     def pause(self, node_id: NodeId) -> None:
         """Freeze *node_id* (a long GC pause, a stopped VM): no timers, messages wait for it."""
@@ -581,6 +586,11 @@ class Simulation:
         if node.status != "paused":
             return
         self._fault(f"resume {node_id!r} ({len(node.backlog)} messages waited)")
+        with core_logging(self.log):
+            self._wake(node)
+
+    def _wake(self, node: SimNode) -> None:
+        node_id = node.node_id
         node.status = "up"
         local = node.local(self._now)
         deadline = node.core.next_deadline
@@ -618,7 +628,8 @@ class Simulation:
         if node.status != "up":
             return
         self._fault(f"{node_id!r}: TransferLeadership({target!r})")
-        self._apply(node, node.core.transfer_leadership(target, node.local(self._now)), "control", None)
+        with core_logging(self.log):
+            self._apply(node, node.core.transfer_leadership(target, node.local(self._now)), "control", None)
 
     def cut(self, a: NodeId, b: NodeId, *, both_ways: bool = True) -> None:
         """Cut the link from *a* to *b* (and back): messages on it, even in flight, are lost."""
