@@ -78,7 +78,7 @@ def one_trial(
     """One crash: (failover seconds or inf, lower bound seconds, split votes)."""
     low, high = _range(timeouts)
     heartbeat = low / 2
-    switches = VARIANTS[variant]
+    pre_vote, split_vote_retry = VARIANTS[variant]["pre_vote"], VARIANTS[variant]["split_vote_retry"]
     d_min, d_max = delay * (1 - spread), delay * (1 + spread)
     sim = Simulation(
         5,
@@ -88,7 +88,8 @@ def one_trial(
         heartbeat_interval=heartbeat,
         link=LinkFaults(delay=UniformDelay(d_min, d_max)),
         transcript_limit=64,
-        **switches,
+        pre_vote=pre_vote,
+        split_vote_retry=split_vote_retry,
     )
     # Start from a stable leader.  With equal timeouts and no split-vote rule
     # a cold start can split forever, so the first election gets a nudge:
@@ -109,7 +110,7 @@ def one_trial(
     splits = sim.split_votes
     # The bound: the first survivor's timer, then the fastest possible election.
     sim.run_until_true(lambda: any(sim.core(i).role is Role.CANDIDATE for i in survivors), timeout=2 * high)
-    hops = 5 if switches["pre_vote"] else 3
+    hops = 5 if pre_vote else 3
     bound = (sim.now - crash_at) + hops * d_min
     done = sim.run_until_true(
         lambda: sim.stable_leader(survivors) is not None, timeout=max(0.0, give_up - (sim.now - crash_at))
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--delay", type=float, default=0.001, help="mean one-way delay in seconds (default 1 ms)")
     parser.add_argument("--spread", type=float, default=0.1, help="delays are drawn from delay * (1 +- spread)")
-    parser.add_argument("--give-up", type=float, default=10.0, help="virtual seconds before a trial counts as no leader")
+    parser.add_argument(
+        "--give-up", type=float, default=10.0, help="virtual seconds before a trial counts as no leader"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")

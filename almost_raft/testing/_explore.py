@@ -684,9 +684,10 @@ def _explore(
 
 def _replay(ids: tuple[NodeId, ...], options: dict[str, object], path: object, violation: Violation) -> tuple[str, ...]:
     actions: list[_Action] = []
-    while path is not None:
-        path, action = path  # type: ignore[misc]
-        actions.append(action)
+    node: Any = path
+    while node is not None:
+        node, step = node
+        actions.append(step)
     actions.reverse()
     explorer = _Explorer(ids, **options)  # type: ignore[arg-type]
     explorer.transcript = Transcript(None)

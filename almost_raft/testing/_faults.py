@@ -6,6 +6,7 @@ seeded ``random.Random`` to apply it, so a seed replays the same faults.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -275,13 +276,13 @@ class FaultInjector:
             self._down[victim] = None
             if kind == "pause":
                 sim.pause(victim)
-                sim.after(self._duration(), lambda s, v=victim: self._wake(s, v), f"resume {victim!r}")
+                sim.after(self._duration(), functools.partial(self._wake, victim=victim), f"resume {victim!r}")
             else:
                 sim.crash(victim)
                 storage = kind == "crash"
                 sim.after(
                     self._duration(),
-                    lambda s, v=victim, keep=storage: self._restart(s, v, keep),
+                    functools.partial(self._restart, victim=victim, storage=storage),
                     f"restart {victim!r}{'' if storage else ' without storage'}",
                 )
         elif kind == "clock":

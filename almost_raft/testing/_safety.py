@@ -254,9 +254,7 @@ class SafetyChecker:
         """Whether *node_id* held a lease at *now* as of its last step."""
         return self._lease_until.get(node_id, -math.inf) > now
 
-    def changes(
-        self, node_id: NodeId, role: Role, term: int, voted_for: NodeId | None, lease_until: float
-    ) -> bool:
+    def changes(self, node_id: NodeId, role: Role, term: int, voted_for: NodeId | None, lease_until: float) -> bool:
         """Whether ``observe`` with these values would change what the checker remembers."""
         return (
             self._terms.get(node_id) != term

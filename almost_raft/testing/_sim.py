@@ -142,7 +142,8 @@ class Simulation:
     """A cluster of election cores in virtual time, with faults and safety checks.
 
     Args:
-        nodes: how many nodes (ids ``"a"``, ``"b"``, ...) or their ids.
+        nodes: how many nodes (ids ``"a"``, ``"b"``, ..., or ``"n1"``, ``"n2"``,
+            ... beyond 26) or their ids.
         seed: the one seed of the run (an ``int`` or a ``str``).
         election_timeout: ``T`` in seconds.
         election_timeout_max: the top of the timeout range (default ``2 * T``).
@@ -189,7 +190,10 @@ class Simulation:
         transcript_limit: int | None = 2000,
         log: bool = False,
     ) -> None:
-        ids: list[NodeId] = [chr(ord("a") + i) for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
+        if isinstance(nodes, int):
+            ids: list[NodeId] = [chr(ord("a") + i) if nodes <= 26 else f"n{i + 1}" for i in range(nodes)]
+        else:
+            ids = list(nodes)
         if not ids:
             raise ValueError("a simulation needs at least one node")
         for node_id in ids:
@@ -316,10 +320,10 @@ class Simulation:
         if agreed is None or agreed[1] is None:
             return None
         term, leader = agreed
-        node = self._nodes.get(leader)
-        if node is None or node.status != "up" or node.core.role is not Role.LEADER or node.core.term != term:
+        if leader is None or leader not in ids:
             return None
-        if leader not in ids:
+        chief = self._nodes.get(leader)
+        if chief is None or chief.status != "up" or chief.core.role is not Role.LEADER or chief.core.term != term:
             return None
         return leader
 

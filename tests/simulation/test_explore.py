@@ -28,7 +28,11 @@ CI_RUNS: list[tuple[str, dict[str, Any], int]] = [
     # Two messages in flight and a duplicate: every path of up to 10 steps.
     ("async-2-in-flight", {"max_term": 3, "max_in_flight": 2, "max_duplicates": 1, "max_depth": 10}, 100_000),
     # One shared clock, so the lease rule is checked too: every path of up to 14 steps.
-    ("shared-clock-lease", {"clocks": "shared", "max_term": 1, "max_in_flight": 1, "max_duplicates": 0, "max_depth": 14}, 50_000),
+    (
+        "shared-clock-lease",
+        {"clocks": "shared", "max_term": 1, "max_in_flight": 1, "max_duplicates": 0, "max_depth": 14},
+        50_000,
+    ),
 ]
 
 
