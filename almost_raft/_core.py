@@ -463,7 +463,9 @@ class Election:
         """Remove *node_id* from this node's view (``RemoveNode``).
 
         Removing this node's own id is ``shutdown``.  Removing the leader makes
-        this node stand for election at once instead of waiting out its timeout.
+        this node stand for election at once instead of waiting out its timeout
+        (it asks for pre-votes at once; it votes for itself only once its
+        leader stickiness has run out, see ``_postpone_candidacy``).
         """
         if self._role is Role.TERMINATED:
             return self._flush()
@@ -485,9 +487,11 @@ class Election:
             else:
                 self._check_votes(now)
         elif self._role is Role.FOLLOWER and self._leader_id == node_id:
-            # The leader left this node's view: its heartbeats no longer count.
+            # The leader left this node's view, but it was heard: stickiness
+            # stays, or a lease this node acknowledged could be cut short
+            # (the leader, which may not know it was removed, still relies on
+            # it).  Found by the simulator: tests/simulation/test_regressions.py.
             self._leader_id = None
-            self._sticky_until = self._started_at + self.config.election_timeout
             if self.cluster_size >= self.config.min_nodes and not self._candidacy_paused:
                 self._start_campaign(now)
         elif self._role is Role.LEADER:
@@ -737,6 +741,9 @@ class Election:
     def _start_campaign(self, now: float) -> None:
         """Stand for election: pre-vote first when enabled (thesis 9.6)."""
         if not self.config.pre_vote:
+            if now < self._sticky_until:
+                self._postpone_candidacy(now)
+                return
             self._become_candidate(now, transfer=False)
             return
         self._role = Role.CANDIDATE
@@ -786,9 +793,28 @@ class Election:
                 self._check_split_vote(now)
             return
         if self._pre_phase:
+            if now < self._sticky_until:
+                self._postpone_candidacy(now)
+                return
             self._become_candidate(now, transfer=False)
         else:
             self._become_leader(now)
+
+    def _postpone_candidacy(self, now: float) -> None:
+        """Leader stickiness covers this node's own vote too: it votes for nobody, itself included.
+
+        A node that heard a leader less than ``T`` ago refuses every vote so
+        that the leader's lease cannot be cut short (thesis 6.4.1); its own
+        vote counts toward a quorum just like the others.  The election
+        timer fires no earlier than that, so this only matters when a node
+        stands early (its leader removed from its view): it stands for real
+        when the stickiness ends.  A transfer (``TimeoutNow``) never waits:
+        the leader gave its lease up.
+        """
+        logger.debug(
+            "node %r term %d: a leader was heard less than T ago, standing at %.3f", self._self_id, self._term, now
+        )
+        self._election_deadline = self._sticky_until
 
     def _check_pre_vote_refused(self, now: float) -> None:
         """Retry a pre-vote round soon when still-sticky voters refused it.

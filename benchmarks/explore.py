@@ -3,7 +3,7 @@
 Exploration (``almost_raft.testing.explore``) visits every state a 3-node
 cluster of real election cores can reach within the bounds and checks the
 safety rules in each; the table gives the number of distinct states.  The
-soak (``almost_raft.testing._soak``) runs the simulator over many random
+soak (``almost_raft.testing.soak``) runs the simulator over many random
 configurations and fault schedules with every check on.
 
     python benchmarks/explore.py                    # the bounds CI uses (about 40 s)
@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _perf_common import table, write_json
 
-from almost_raft.testing import ExplorationResult, explore
-from almost_raft.testing._soak import soak
+from almost_raft.testing import ExplorationResult, explore, soak
 
 CI: list[tuple[str, dict[str, Any]]] = [
     ("async, no pre-vote", {"max_term": 2, "max_in_flight": 1, "max_duplicates": 0, "pre_vote": False}),

@@ -203,7 +203,7 @@ def plot(configs: list[dict[str, Any]], path: Path) -> bool:
         axis.set_ylim(0, 100)
         if log:
             axis.set_xscale("log")
-            axis.set_xlim(100, 10_000)
+            axis.set_xlim(50, 10_000)
         else:
             axis.set_xlim(0, 600)
         axis.grid(True, alpha=0.3)

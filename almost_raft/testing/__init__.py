@@ -8,7 +8,9 @@ partitions (symmetric, one-way, partial), crashes, restarts with or without
 storage, pauses and clock drift, scripted or random (``RandomFaults``).  A
 ``SafetyChecker`` checks DESIGN.md's safety rules after every step and a
 broken rule raises ``SafetyViolation`` with the seed and a transcript.
-``explore`` visits every interleaving of a small cluster up to a bound.
+``random_simulation``/``soak`` draw whole configurations and fault
+schedules from a seed.  ``explore`` visits every interleaving of a small
+cluster up to a bound.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ._explore import ExplorationResult, explore, explore_many
 from ._faults import FixedDelay, LinkFaults, LogNormalDelay, RandomFaults, UniformDelay
 from ._safety import RULES, SafetyChecker, SafetyViolation, Transcript, Violation
 from ._sim import SimNode, SimStats, Simulation
+from ._soak import SoakReport, random_simulation, soak
 
 __all__ = (
     "RULES",
@@ -32,9 +35,12 @@ __all__ = (
     "SimNode",
     "SimStats",
     "Simulation",
+    "SoakReport",
     "Transcript",
     "UniformDelay",
     "Violation",
     "explore",
     "explore_many",
+    "random_simulation",
+    "soak",
 )

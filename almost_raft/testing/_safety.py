@@ -189,7 +189,7 @@ class Transcript:
         A step is relevant when it happened on one of the nodes, carried a
         message from one of them or of the term, or was a fault.
         """
-        wanted = set(nodes)
+        wanted = dict.fromkeys(nodes)  # ordered: the header must read the same in every run
         picked: list[Entry] = []
         for entry in reversed(self._entries):
             _, kind, node, detail, _ = entry

@@ -21,8 +21,9 @@ from almost_raft.testing import (
     SafetyViolation,
     Simulation,
     UniformDelay,
+    random_simulation,
+    soak,
 )
-from almost_raft.testing._soak import random_simulation, soak
 
 DELIVERIES = int(os.environ.get("ALMOST_RAFT_SIM_DELIVERIES", "1000000"))
 SEEDS = int(os.environ.get("ALMOST_RAFT_SIM_SEEDS", "40"))
