@@ -635,6 +635,28 @@ class Simulation:
         with core_logging(self.log):
             self._apply(node, node.core.transfer_leadership(target, node.local(self._now)), "control", None)
 
+    def remove_peer(self, node_id: NodeId, peer: NodeId) -> None:
+        """``RemoveNode(peer)`` at *node_id*: *peer* leaves that node's view (only).
+
+        A restart brings the full membership back, as a process restarted
+        from its configuration would.
+        """
+        self._membership(node_id, peer, remove=True)
+
+    def add_peer(self, node_id: NodeId, peer: NodeId) -> None:
+        """``AddNode(peer)`` at *node_id*: *peer* joins that node's view (only)."""
+        self._membership(node_id, peer, remove=False)
+
+    def _membership(self, node_id: NodeId, peer: NodeId, *, remove: bool) -> None:
+        node = self._nodes[node_id]
+        if node.status != "up":
+            return
+        self._fault(f"{node_id!r}: {'RemoveNode' if remove else 'AddNode'}({peer!r})")
+        local = node.local(self._now)
+        with core_logging(self.log):
+            out = node.core.remove_peer(peer, local) if remove else node.core.add_peer(peer, local)
+            self._apply(node, out, "control", None)
+
     def cut(self, a: NodeId, b: NodeId, *, both_ways: bool = True) -> None:
         """Cut the link from *a* to *b* (and back): messages on it, even in flight, are lost."""
         self._fault(f"cut {a!r} {'<->' if both_ways else '->'} {b!r}")
