@@ -164,8 +164,10 @@ class Simulation:
 
     Drive it with ``run_for``, ``run_until``, ``run_until_true`` or
     ``run_deliveries``, and script faults with ``crash``, ``restart``,
-    ``pause``, ``resume``, ``cut``, ``partition``, ``set_link``,
-    ``set_clock_rate`` ... directly or at a virtual time with ``at``/``after``.
+    ``pause``, ``resume``, ``cut``, ``isolate``, ``partition``,
+    ``partial_partition``, ``set_link``, ``set_clock_rate``, and control
+    actions with ``transfer_leadership``, ``remove_peer`` and ``add_peer``,
+    directly or at a virtual time with ``at``/``after``.
 
     Raises:
         SafetyViolation: from any ``run_*`` call or fault, when a rule breaks.
