@@ -43,7 +43,7 @@ from anyio.abc import TaskStatus
 
 from ._messages import NodeId, Role
 from ._state import RaftElectionState
-from .asgi import Receive, Scope, Send, send_response
+from .asgi import ASGIApp, Receive, Scope, Send, send_response
 
 try:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -397,7 +397,7 @@ def _running_trio() -> bool:
 
 
 async def serve_asgi(
-    app: Callable[[Scope, Receive, Send], object],
+    app: ASGIApp,
     sock: socket.socket,
     *,
     graceful_timeout: float = 0.5,
@@ -406,7 +406,8 @@ async def serve_asgi(
     """Serve the ASGI *app* with hypercorn on the listening *sock* (it takes it over), on asyncio or trio.
 
     Runs until cancelled, then stops gracefully: open requests get
-    ``graceful_timeout`` seconds.
+    ``graceful_timeout`` seconds.  The lifespan protocol is answered here;
+    the app sees only HTTP and websocket connections.
     """
     from hypercorn.config import Config
     from hypercorn.typing import Framework
@@ -416,7 +417,14 @@ async def serve_asgi(
     config.accesslog = None
     config.errorlog = logging.getLogger("almost_raft.http")
     config.graceful_timeout = graceful_timeout
-    framework = cast(Framework, app)
+
+    async def without_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") == "lifespan":
+            await _lifespan(receive, send)
+        else:
+            await app(scope, receive, send)
+
+    framework = cast(Framework, without_lifespan)
     stop = anyio.Event()
 
     async def serve() -> None:
