@@ -28,9 +28,10 @@ async def job(lease: Lease) -> None:
         await anyio.sleep(0.2)
 
 
-async def main(node_id: str, listen: str, *peers: str) -> None:
+async def main() -> None:
+    node_id, listen, *peers = sys.argv[1:]  # a 127.0.0.1:7001 b=127.0.0.1:7002 c=127.0.0.1:7003
     await run_node(job, node_id=node_id, listen=listen, peers=peers, storage=f"{node_id}.state")
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:])
+    anyio.run(main)
