@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import almost_raft._supervisor as supervisor_module
+from almost_raft._exec import to_monotonic
 
 from ._exec_procs import CHILD, ChildLog, poll
 from .conftest import kill_leftovers
@@ -197,3 +199,9 @@ def test_deadlines_are_clamped_and_late_starts_refused(supervised: Any) -> None:
     assert ended(sup) < asked + MAX_LEASE + LATE
     sup.send(op="shutdown")
     assert sup.popen.wait(5) == 0
+
+
+async def test_lease_deadlines_cross_to_the_monotonic_clock() -> None:
+    """trio's clock has an offset from ``time.monotonic()``: a deadline handed to the supervisor is converted."""
+    now = anyio.current_time()
+    assert abs(to_monotonic(now + 0.25) - (time.monotonic() + 0.25)) < 0.005
