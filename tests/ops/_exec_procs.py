@@ -109,6 +109,8 @@ class ExecCluster(ProcCluster):
         """Wait for a running child (of a node other than *not_node*, in a term >= *min_term*, started after *after*)."""
 
         def find() -> Child | None:
+            overlaps = [r for r in self.log.records() if r["ev"] == "overlap"]
+            assert not overlaps, f"a child found another child's process group still running: {overlaps}"
             for child in self.log.running():
                 if after is not None and (child.term, child.run) <= (after.term, after.run):
                     continue

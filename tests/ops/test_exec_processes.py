@@ -58,10 +58,14 @@ def test_handovers_run_one_child_at_a_time_with_growing_terms(exec_cluster: Call
 def test_sigstopped_leaders_child_is_killed_before_the_new_leaders_starts(
     exec_cluster: Callable[..., ExecCluster], backend: str
 ) -> None:
-    """On trio the lease deadline is converted from trio's clock, which has an offset, to the monotonic clock."""
-    cluster = exec_cluster(IDS, node_args=["--backend", backend])
+    """The frozen node cannot act: its supervisor kills the child (ignoring SIGTERM, with a child of its own) by the deadline.
+
+    On trio the lease deadline is converted from trio's clock, which has an offset, to the monotonic clock.
+    """
+    cluster = exec_cluster(IDS, child_args=["--ignore-term", "--grandchild"], node_args=["--backend", backend])
     cluster.start()
     child = cluster.wait_child()
+    poll(lambda: next(c for c in cluster.log.children() if c.pid == child.pid).grandchild, 5, "the grandchild")
     cluster[child.node].signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     new = cluster.wait_child(not_node=child.node, min_term=child.term + 1)
@@ -69,6 +73,7 @@ def test_sigstopped_leaders_child_is_killed_before_the_new_leaders_starts(
     assert old.sigterm is not None, "the frozen node's supervisor sent no SIGTERM"
     assert old.end is not None, "the frozen node's supervisor did not stop its child"
     assert old.end - frozen_at < LEASE + SLACK, f"the child ended {old.end - frozen_at:.3f} s after the freeze"
+    assert old.end - old.sigterm >= T / 4 - 0.02  # SIGTERM came kill_after (T/4) before the SIGKILL
     assert old.end < (new.start or 0)
     cluster[child.node].signal(signal.SIGCONT)
     # The resumed node learns that its child is gone (ended by the lease) and follows.
@@ -78,11 +83,11 @@ def test_sigstopped_leaders_child_is_killed_before_the_new_leaders_starts(
     check_children(cluster.log)
 
 
-def test_cut_off_leader_kills_a_stubborn_child_and_its_children_by_the_deadline(
+def test_cut_off_leader_kills_a_slow_child_and_its_children_by_the_deadline(
     exec_cluster: Callable[..., ExecCluster],
 ) -> None:
-    """Every follower frozen: the leader loses its lease; its child ignores SIGTERM and has a child of its own."""
-    cluster = exec_cluster(IDS, child_args=["--ignore-term", "--grandchild"])
+    """Every follower frozen: the leader loses its lease; its child needs longer than its budget to stop."""
+    cluster = exec_cluster(IDS, child_args=["--term-delay", "2", "--grandchild"])
     cluster.start()
     child = cluster.wait_child()
     poll(lambda: next(c for c in cluster.log.children() if c.pid == child.pid).grandchild, 5, "the grandchild")
