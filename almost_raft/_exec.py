@@ -408,13 +408,16 @@ class ExecRunner:
             if result is None:  # refused: the lease ended before the start; wait to be cancelled
                 await anyio.sleep(self.election_timeout)
                 continue
-            if self.on_exit == "restart":
+            # A child stopped by the supervisor (say the node stalled and the lease was about to
+            # end, then was renewed) did not choose to exit: run it again whatever --on-exit says.
+            if self.on_exit == "restart" or result.by != "self":
                 delay = RESTART_DELAY if anyio.current_time() - started >= RESTART_RESET_AFTER else delay
                 logger.info(
-                    "node %r term %d: the child exited (%s); restarting in %.1f s",
+                    "node %r term %d: the child exited (%s, %s); restarting in %.1f s",
                     self.node_id,
                     lease.term,
                     result.code,
+                    result.by,
                     delay,
                 )
                 await anyio.sleep(delay)

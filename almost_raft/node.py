@@ -170,6 +170,7 @@ class _NodeRun:
     # -------------------------------------------------------------- requests
 
     def request_stop(self, exit_code: int = 0) -> None:
+        """Stop: no new work, the running work cancelled and waited for, then leave (a leader handing over)."""
         if self.stopping:
             return
         self.stopping = True
@@ -180,6 +181,7 @@ class _NodeRun:
             self.leader_scope.cancel()
 
     def request_handover(self) -> None:
+        """If leading: the running work cancelled and waited for, then hand leadership over."""
         state = self.state
         if self.stopping or state is None or state.role is not Role.LEADER:
             return
@@ -235,8 +237,11 @@ class _NodeRun:
                         await tg.start(self._election, state, election_done)
                         try:
                             async with anyio.create_task_group() as aux:
+                                printed = anyio.Event()
                                 if self.on_change is not None:
-                                    aux.start_soon(self._print_changes, state)
+                                    aux.start_soon(self._print_changes, state, printed)
+                                else:
+                                    printed.set()
                                 if status_sock is not None and status_app is not None:
                                     from .status import serve_asgi
 
@@ -253,6 +258,7 @@ class _NodeRun:
                                     control.close()
                                     with anyio.CancelScope(shield=True), anyio.move_on_after(cfg.election_timeout * 4):
                                         await election_done.wait()
+                                        await printed.wait()  # the last views are printed
                                     aux.cancel_scope.cancel()
                         finally:
                             tg.cancel_scope.cancel()
@@ -311,11 +317,14 @@ class _NodeRun:
         finally:
             done.set()
 
-    async def _print_changes(self, state: RaftElectionState) -> None:
+    async def _print_changes(self, state: RaftElectionState, done: anyio.Event) -> None:
         assert self.on_change is not None
-        with state.subscribe(buffer=256) as events:
-            async for event in events:
-                self.on_change(event)
+        try:
+            with state.subscribe(buffer=256) as events:
+                async for event in events:
+                    self.on_change(event)
+        finally:
+            done.set()
 
     async def _main(self, state: RaftElectionState) -> None:
         async with anyio.create_task_group() as tg:
@@ -325,18 +334,17 @@ class _NodeRun:
                 tg.start_soon(self._watch_exec_failure, self.exec_runner)
             try:
                 while not self.stopping and state.role is not Role.TERMINATED:
+                    if self.handover_wanted:
+                        # The work has ended (the leader scope was cancelled and waited for).
+                        self.handover_wanted = False
+                        await self._hand_over(state)
+                        continue
                     with anyio.CancelScope() as self.leader_scope:
-                        if self.stopping:
-                            break
                         if self.work is not None:
                             await run_while_leader(state, self.work, resign_on_error=self.cfg.resign_on_error)
                         else:
                             await state.wait_changed()
-                            continue
                     self.leader_scope = None
-                    if self.handover_wanted and not self.stopping:
-                        self.handover_wanted = False
-                        await self._hand_over(state)
             finally:
                 self.leader_scope = None
                 tg.cancel_scope.cancel()

@@ -24,7 +24,7 @@ T = 0.2
 """Election timeout of the process tests."""
 LEASE = T * 0.99 / 1.01
 """The lease those nodes hold (clock drift 0.01)."""
-SLACK = 0.1
+SLACK = 0.15
 """Scheduling slack allowed on top of a deadline, for a loaded 2-core machine."""
 
 R = TypeVar("R")

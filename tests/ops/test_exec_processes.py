@@ -54,6 +54,18 @@ def test_handovers_run_one_child_at_a_time_with_growing_terms(exec_cluster: Call
     check_children(cluster.log)
 
 
+def test_sigusr1_stops_the_child_then_hands_over_and_stays(exec_cluster: Callable[..., ExecCluster]) -> None:
+    cluster = exec_cluster(IDS)
+    cluster.start()
+    child = cluster.wait_child()
+    cluster[child.node].signal(signal.SIGUSR1)
+    new = cluster.wait_child(not_node=child.node, min_term=child.term + 1)
+    assert cluster.child_events(child.node, "exited")[-1]["by"] == "stop"
+    assert cluster[child.node].running
+    cluster.wait_agreed(IDS, min_term=new.term)
+    check_children(cluster.log)
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sigstopped_leaders_child_is_killed_before_the_new_leaders_starts(
     exec_cluster: Callable[..., ExecCluster], backend: str
