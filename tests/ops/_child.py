@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--grandchild", action="store_true", help="start a child of our own that ignores SIGTERM")
     parser.add_argument("--exit-after", type=float, default=None, help="exit by ourselves after this long")
     parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--say", default=None, help="print this on stdout and stderr at start")
     args = parser.parse_args()
     env = os.environ
     base: dict[str, object] = {
@@ -88,6 +89,9 @@ def main() -> None:
         append(args.log, {**base, "ev": "overlap", "t": time.monotonic()})
         fcntl.flock(lock, fcntl.LOCK_EX)
     append(args.log, {**base, "ev": "start", "t": time.monotonic()})
+    if args.say is not None:
+        print(f"{args.say} from term {base['term']}", flush=True)
+        print(f"{args.say} on stderr", file=sys.stderr, flush=True)
 
     def on_term(signum: int, frame: object) -> None:
         append(args.log, {**base, "ev": "sigterm", "t": time.monotonic()})

@@ -38,6 +38,7 @@ class Child:
     term: int
     run: int
     pid: int
+    pgid: int = 0
     start: float | None = None
     end: float | None = None
     sigterm: float | None = None
@@ -64,7 +65,7 @@ class ChildLog:
         """Every child that started, in the order they started."""
         found: dict[int, Child] = {}
         for r in self.records():
-            child = found.setdefault(r["pid"], Child(r["node"], r["term"], r["run"], r["pid"]))
+            child = found.setdefault(r["pid"], Child(r["node"], r["term"], r["run"], r["pid"], r["pgid"]))
             child.events.append(r["ev"])
             if r["ev"] in ("start", "end", "sigterm", "overlap"):
                 setattr(child, r["ev"], r["t"])
@@ -139,6 +140,7 @@ def check_children(log: ChildLog) -> list[Child]:
     assert children, "no child ever ran"
     for child in children:
         assert child.overlap is None, f"{child} started while another child's process group still held the lock"
+        assert child.pgid == child.pid, f"{child} does not lead a process group of its own"
     for before, after in itertools.pairwise(children):
         assert before.end is not None, f"{before} still ran when {after} started"
         assert after.start is not None

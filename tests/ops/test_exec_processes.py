@@ -29,7 +29,7 @@ def stop_node(cluster: ExecCluster, node_id: str, signum: int = signal.SIGTERM, 
 
 def test_handovers_run_one_child_at_a_time_with_growing_terms(exec_cluster: Callable[..., ExecCluster]) -> None:
     """SIGTERM to the leader: its child stops first (it takes 0.2 s here), then the next leader's child starts."""
-    cluster = exec_cluster(IDS, child_args=["--term-delay", "0.2"])
+    cluster = exec_cluster(IDS, child_args=["--term-delay", "0.2", "--say", "hello"])
     cluster.start()
     min_term = 0
     for _ in range(3):
@@ -50,6 +50,9 @@ def test_handovers_run_one_child_at_a_time_with_growing_terms(exec_cluster: Call
         assert finished.end - finished.sigterm >= 0.2  # it had its time to stop
         assert finished.end < (new.start or 0)
         min_term = new.term
+        # The child's stdout and stderr are the node's.
+        assert f"hello from term {child.term}\n" in leader.bad_lines
+        assert "hello on stderr" in leader.stderr_text()
         leader.start(cluster.args(child.node))  # back to three nodes
     check_children(cluster.log)
 
