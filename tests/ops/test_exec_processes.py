@@ -9,9 +9,11 @@ is before the next child's start (``check_children``).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -181,4 +183,27 @@ def test_what_happens_when_the_child_exits_by_itself(exec_cluster: Callable[...,
         latest = cluster[first.node].latest()
         assert latest is not None
         assert (latest["term"], latest["leader_id"]) == (first.term, first.node)
+    check_children(cluster.log)
+
+
+def test_a_killed_supervisor_takes_the_child_group_with_it_and_stops_the_node(
+    exec_cluster: Callable[..., ExecCluster],
+) -> None:
+    """Nobody should SIGKILL the supervisor; if it happens, no child runs unsupervised and the node exits 1."""
+    cluster = exec_cluster(IDS, child_args=["--grandchild"])
+    cluster.start()
+    child = cluster.wait_child()
+    poll(lambda: next(c for c in cluster.log.children() if c.pid == child.pid).grandchild, 5, "the grandchild")
+    stat = Path(f"/proc/{child.pid}/stat").read_text(encoding="ascii")
+    supervisor = int(stat.rsplit(")", 1)[1].split()[1])
+    killed_at = time.monotonic()
+    os.kill(supervisor, signal.SIGKILL)
+    assert cluster[child.node].wait(10) == 1
+    old = poll(
+        lambda: next((c for c in cluster.log.children() if c.pid == child.pid and c.end is not None), None),
+        5,
+        "the child's group to end",
+    )
+    assert (old.end or 0) - killed_at < SLACK * 3
+    cluster.wait_child(not_node=child.node, min_term=child.term + 1)
     check_children(cluster.log)
