@@ -65,7 +65,8 @@ def test_sigusr1_stops_the_child_then_hands_over_and_stays(exec_cluster: Callabl
     child = cluster.wait_child()
     cluster[child.node].signal(signal.SIGUSR1)
     new = cluster.wait_child(not_node=child.node, min_term=child.term + 1)
-    assert cluster.child_events(child.node, "exited")[-1]["by"] == "stop"
+    exited = poll(lambda: cluster.child_events(child.node, "exited"), 5, "the node to report the end")
+    assert exited[-1]["by"] == "stop"
     assert cluster[child.node].running
     cluster.wait_agreed(IDS, min_term=new.term)
     check_children(cluster.log)
@@ -122,7 +123,8 @@ def test_cut_off_leader_kills_a_slow_child_and_its_children_by_the_deadline(
     # SIGTERM came kill_after (T/4) before the lease's end; SIGKILL at the lease's end, the group with it.
     assert old.end - cut_at < LEASE + SLACK
     assert old.end - old.sigterm >= T / 4 - 0.02
-    assert cluster.child_events(child.node, "exited")[-1]["by"] == "lease"
+    exited = poll(lambda: cluster.child_events(child.node, "exited"), 5, "the node to report the end")
+    assert exited[-1]["by"] == "lease"
     for node_id in followers:
         cluster[node_id].signal(signal.SIGCONT)
     # A new child: of a new leader, or of the same one if it got its lease back in the same term (run 2).
