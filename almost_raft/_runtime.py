@@ -459,8 +459,9 @@ class Runtime:
         a leader hands over with ``TimeoutNow`` first, sent from this task
         within ``message_timeout``, so a rolling restart costs one round trip
         instead of an election timeout; any other node publishes that it
-        knows of no leader.  Outputs still waiting for a save are dropped,
-        unsent: their state never became durable.
+        knows of no leader.  If it stopped while a save was under way, the
+        outputs waiting for it are dropped, unsent, and nothing more is sent
+        or published: that state never became durable.
         """
         core = self.core
         executor = self.executor
@@ -468,12 +469,20 @@ class Runtime:
             return
         with anyio.CancelScope(shield=True):
             self.spawn = None
+            out = core.shutdown(anyio.current_time())
             dropped = executor.discard()
             if dropped:
+                # The core is ahead of its storage: nothing may leave that
+                # reflects it, not even the last event.  (A leader never has
+                # a save pending, so no hand-over is lost here.)
                 logger.info(
-                    "node %r term %d: %d outputs never saved, not sent", self.config.self_id, core.term, dropped
+                    "node %r term %d: stopped before its state was saved; %d outputs dropped unsent",
+                    self.config.self_id,
+                    core.term,
+                    dropped,
                 )
-            self.apply(core.shutdown(anyio.current_time()))
+                return
+            self.apply(out)
             with anyio.move_on_after(self.message_timeout):
                 for sender in self.senders.values():
                     await sender.flush()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, final
 
@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .._core import Election
 from .._driver import raft_election
 from .._messages import ControlMessage, LeaderChanged, Message, NodeId, RemoveNode, Role
+from .._protocols import Storage
 from .._state import RaftElectionState
 from .._storage import MemoryStorage
 from ..host import ElectionHost
@@ -38,6 +39,8 @@ class LocalCluster:
         check_safety: check the safety rules after every step of every node
             with a ``SafetyChecker`` (``checker``); the first broken one
             raises ``SafetyViolation`` from the node's election.
+        storage: builds each node's storage from its id (default: a
+            ``MemoryStorage``); a node keeps its storage across restarts.
         **options: passed to ``RaftElectionState.init`` for every node
             (``election_timeout``, ``heartbeat_interval``, ...).  ``min_nodes``
             defaults to the cluster size, the safe choice.
@@ -56,6 +59,7 @@ class LocalCluster:
         latency: float = 0.0,
         host: ElectionHost | None = None,
         check_safety: bool = False,
+        storage: Callable[[NodeId], Storage] | None = None,
         **options: Any,
     ) -> None:
         ids: list[NodeId] = [f"n{i + 1}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
@@ -68,7 +72,9 @@ class LocalCluster:
         self._seed = seed
         self._options = dict(options)
         self._options.setdefault("min_nodes", len(ids))
-        self.storages: dict[NodeId, MemoryStorage] = {i: MemoryStorage() for i in ids}
+        make_storage: Callable[[NodeId], Storage] = storage or (lambda _node_id: MemoryStorage())
+        self.storages: dict[NodeId, Storage] = {i: make_storage(i) for i in ids}
+        """Each node's storage, kept across its restarts."""
         self.states: dict[NodeId, RaftElectionState] = {}
         self.controls: dict[NodeId, MemoryObjectSendStream[ControlMessage | Message]] = {}
         self._scopes: dict[NodeId, anyio.CancelScope] = {}

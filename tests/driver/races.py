@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -47,7 +47,9 @@ from almost_raft import (
 )
 from almost_raft._core import Election
 from almost_raft._messages import NodeId
-from almost_raft.host import ElectionHost
+
+if TYPE_CHECKING:
+    from almost_raft.host import ElectionHost
 
 T = 0.010
 """The election timeout of a trial (real time)."""

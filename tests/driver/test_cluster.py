@@ -12,7 +12,7 @@ import logging
 import anyio
 import pytest
 
-from almost_raft import LeaderChanged, RemoveNode, Role, TimeoutNow, TransferLeadership
+from almost_raft import LeaderChanged, MemoryStorage, RemoveNode, Role, TimeoutNow, TransferLeadership
 from almost_raft.testing import LocalCluster
 
 from .helpers import HB, OPTIONS, T, is_trio, local_cluster, view
@@ -89,7 +89,9 @@ async def test_crashed_leader_is_replaced_and_rejoins_as_follower(size: int, any
         assert restarted.role is Role.FOLLOWER
         assert restarted.leader_id == new.leader_id
         assert restarted.status().elections_started == 0
-        assert cluster.storages[old.leader_id].saves >= 1
+        storage = cluster.storages[old.leader_id]
+        assert isinstance(storage, MemoryStorage)
+        assert storage.saves >= 1
         monitor.assert_safe()
 
 
