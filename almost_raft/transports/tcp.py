@@ -238,7 +238,7 @@ class TcpNode:
         return len(self._queue)
 
     async def send_message(self, message: Message) -> None:
-        """Send *message* to the peer, or queue it (see ``send_nowait``).
+        """Send *message* to the peer, or queue it (see ``send_message_nowait``).
 
         When a connection is open and idle the frame is written at once,
         which saves a task switch per message; otherwise it is queued for the
@@ -251,17 +251,19 @@ class TcpNode:
         """
         stream = self._stream
         if stream is None or self._busy or self._queue or self._closing or self._transport._closed:
-            self.send_nowait(message)
+            self.send_message_nowait(message)
             return
         frame = encode_message(message)
         self._transport._stats.messages_queued += 1
         await self._write(stream, frame, 1)
 
-    def send_nowait(self, message: Message) -> None:
-        """Queue *message* for the peer without waiting.
+    def send_message_nowait(self, message: Message) -> None:
+        """Queue *message* for the peer without waiting (the optional fast path of ``Node``).
 
-        When the queue is full the oldest frame is dropped and counted.  After
-        the transport closed, messages are dropped and counted.
+        The election calls this from its own task instead of ``send_message``,
+        so each peer has one queue, this one, and no sender task of the
+        election's.  When the queue is full the oldest frame is dropped and
+        counted.  After the transport closed, messages are dropped and counted.
 
         Raises:
             WireError: *message* cannot be encoded.
