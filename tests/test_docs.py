@@ -120,6 +120,21 @@ def test_demo_runs(backend: str) -> None:
     assert "failover over 2 rounds" in result.stdout
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_udp_transport_example_elects_a_leader_over_real_sockets(backend: str) -> None:
+    """``examples/udp_transport.py``: the README's transport of your own, 3 nodes over UDP on 127.0.0.1."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "udp_transport.py"), "--backend", backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "over UDP, all 3 nodes agree" in result.stdout
+    assert result.stderr == "", "a send failed (BusyResourceError without the lock?)"
+
+
 def test_quick_start_runs() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
