@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import re
 import subprocess
@@ -25,6 +26,39 @@ def _code_of(example: str) -> str:
 
 def test_readme_quick_start_is_the_example() -> None:
     assert _code_of("quickstart.py") in README
+
+
+def _source_of(example: str, start: str, end: str) -> str:
+    """The part of an example from the line starting with *start* up to (not including) the one with *end*."""
+    text = (ROOT / "examples" / example).read_text(encoding="utf-8")
+    return text[text.index(start) : text.index(end)].strip()
+
+
+def test_readme_custom_transport_is_the_example() -> None:
+    assert _source_of("udp_transport.py", "class UdpNode:", "SIZE = 3") in README
+
+
+def test_readme_virtual_time_is_the_example() -> None:
+    assert _code_of("virtual_time.py") in README
+
+
+def test_readme_fixture_is_the_projects_own() -> None:
+    fence = "```python\nimport pytest\nfrom trio.testing import MockClock\n"
+    snippet = README[README.index(fence) + len("```python\n") :]
+    snippet = snippet[: snippet.index("```")].strip()
+    conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    assert snippet.split("\n\n\n", 1)[1] in conftest
+
+
+def test_readme_safety_properties_are_the_checkers_rules() -> None:
+    """The numbered list under "Safety guarantees" names exactly ``RULES``, in order, one item each."""
+    from almost_raft.testing import RULES
+
+    section = README.split("## Safety guarantees", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^\d+\. (.*?)(?=^\d+\. |^\S|\Z)", section, flags=re.M | re.S)
+    named = [re.findall(r"\(`([^`]+)`\)\.?\s*$", item.strip())[0] for item in items]
+    assert named == list(RULES)
+    assert f"The {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven'][len(RULES)]} rules above" in README
 
 
 def test_readme_starts_with_the_two_commands() -> None:
@@ -133,6 +167,40 @@ def test_udp_transport_example_elects_a_leader_over_real_sockets(backend: str) -
     assert result.returncode == 0, result.stderr
     assert "over UDP, all 3 nodes agree" in result.stdout
     assert result.stderr == "", "a send failed (BusyResourceError without the lock?)"
+
+
+def test_virtual_time_example_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "virtual_time.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ms of virtual time" in result.stdout
+    assert "simulated:" in result.stdout
+
+
+def test_the_trio_extra_installs_trio() -> None:
+    """``pip install -e '.[trio]'`` is what the README says before ``--backend trio``, and it brings trio."""
+    meta = importlib.metadata.metadata("almost_raft")
+    assert "trio" in (meta.get_all("Provides-Extra") or [])
+    requires = [r.replace(" ", "") for r in meta.get_all("Requires-Dist") or []]
+    assert any(r.startswith("trio>=") and r.endswith('extra=="trio"') for r in requires), requires
+    assert "pip install -e '.[trio]' && python examples/local_cluster.py --backend trio" in README
+
+
+def test_the_demo_without_trio_says_which_extra_to_install() -> None:
+    """``--backend trio`` without trio installed: one line naming the extra, not a traceback."""
+    blocked = (
+        "import runpy, sys; sys.modules['trio'] = None; "
+        f"sys.argv = ['local_cluster.py', '--backend', 'trio']; runpy.run_path({str(ROOT / 'examples' / 'local_cluster.py')!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "pip install -e '.[trio]'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_quick_start_runs() -> None:
