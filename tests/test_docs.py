@@ -61,6 +61,56 @@ def test_readme_safety_properties_are_the_checkers_rules() -> None:
     assert f"The {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven'][len(RULES)]} rules above" in README
 
 
+SPEC = (ROOT / "docs" / "specification.md").read_text(encoding="utf-8")
+
+
+def test_the_specification_covers_what_users_rely_on() -> None:
+    headings = re.findall(r"^## (.+)$", SPEC, flags=re.M)
+    for wanted in [
+        "Messages",
+        "Timers",
+        "Pre-vote",
+        "Voting and stickiness",
+        "Winning and views",
+        "Heartbeats and check-quorum",
+        "Lease",
+        "Transfer",
+        "Membership",
+        "Terms have no dead end",
+        "I/O and persistence",
+        "Failure handling",
+        "Safety properties",
+    ]:
+        assert wanted in headings, wanted
+    for message in ("RequestVote", "VoteResponse", "Heartbeat", "HeartbeatResponse", "TimeoutNow"):
+        assert f"| `{message}` |" in SPEC, message
+    assert "specification-terms.md" in SPEC.split("## Terms have no dead end", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_specifications_safety_properties_are_the_checkers_rules() -> None:
+    from almost_raft.testing import RULES
+
+    section = SPEC.split("## Safety properties", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\d+\. \*\*[^*]+\*\* \(`([^`]+)`\)", section, flags=re.M) == list(RULES)
+
+
+def test_nothing_points_to_a_document_the_project_does_not_ship() -> None:
+    """The specification ships as docs/specification.md; no file names the internal design notes instead."""
+    needle = re.compile(r"\b" + "DES" + r"IGN\b")
+    skip = {".git", ".venv", ".venv-ci", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+    offenders = []
+    for path in ROOT.rglob("*"):
+        parts = set(path.relative_to(ROOT).parts)
+        if parts & skip or any(p.endswith(".egg-info") for p in parts) or not path.is_file():
+            continue
+        if path.suffix in {".py", ".md", ".toml", ".cfg", ".txt", ".rst"} or path.name == "run":
+            for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if needle.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+    assert "docs/specification.md" in README
+
+
 def test_readme_starts_with_the_two_commands() -> None:
     head = README.split("## ", 1)[0]
     assert "pip install -e . && python examples/local_cluster.py" in head

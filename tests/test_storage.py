@@ -1,8 +1,8 @@
 """``MemoryStorage`` and ``FileStorage``, on both anyio backends.
 
-DESIGN: "``storage`` ... defaults to memory; a file-backed one writes
-atomically and fsyncs.  ...  A restarted node comes back with the saved term
-and vote."  ``FileStorage.load`` raises ``ValueError`` for a file it cannot
+docs/specification.md ("I/O and persistence"): the storage defaults to
+memory; ``FileStorage`` writes atomically and fsyncs; a restarted node comes
+back with the saved term and vote.  ``FileStorage.load`` raises ``ValueError`` for a file it cannot
 understand: a corrupt file is never read as "term 0, no vote", which would
 let a restarted node vote twice in one term.
 """
@@ -149,7 +149,7 @@ async def test_file_storage_replaces_the_file_whole(tmp_path: Path) -> None:
 
 
 async def test_file_storage_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DESIGN: the file-backed storage fsyncs (the file, then its directory) before ``save`` returns."""
+    """Specification: the file-backed storage fsyncs (the file, then its directory) before ``save`` returns."""
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -265,7 +265,7 @@ async def _run_until_leader(state: RaftElectionState, *, after_term: int) -> Lea
 
 
 async def test_a_restarted_node_comes_back_with_its_saved_term_and_vote(tmp_path: Path) -> None:
-    """DESIGN: the term and vote are saved before they are acted on, and a restarted node reloads them."""
+    """Specification: the term and vote are saved before they are acted on, and a restarted node reloads them."""
     storage = FileStorage(tmp_path / "a.json")
     state, close = _single_node(storage)
     try:
