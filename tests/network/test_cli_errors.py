@@ -220,28 +220,29 @@ def _remount_read_only(cluster: ProcCluster, pid: int) -> None:
 
 @pytest.fixture(
     params=[
-        pytest.param(("EISDIR", 21, _replace_by_directory, False), id="replaced-by-directory"),
-        pytest.param(("ENOSPC", 28, _fill_up, True), id="disk-full"),
-        pytest.param(("EROFS", 30, _remount_read_only, True), id="read-only"),
+        pytest.param(("EISDIR", 21, _replace_by_directory, False, "asyncio"), id="replaced-by-directory"),
+        pytest.param(("EISDIR", 21, _replace_by_directory, False, "trio"), id="replaced-by-directory-trio"),
+        pytest.param(("ENOSPC", 28, _fill_up, True, "asyncio"), id="disk-full"),
+        pytest.param(("EROFS", 30, _remount_read_only, True, "trio"), id="read-only-trio"),
     ]
 )
-def breakage(request: pytest.FixtureRequest) -> tuple[str, int, Breaker, bool]:
-    """How node a's storage breaks: its errno's name and number, the breaker, whether it needs a tmpfs."""
-    name, code, breaker, needs_tmpfs = request.param
+def breakage(request: pytest.FixtureRequest) -> tuple[str, int, Breaker, bool, str]:
+    """How node a's storage breaks: the errno's name and number, the breaker, whether it needs a tmpfs, the backend."""
+    name, code, breaker, needs_tmpfs, backend = request.param
     if needs_tmpfs:
         request.getfixturevalue("mount_namespaces")
-    return name, code, breaker, needs_tmpfs
+    return name, code, breaker, needs_tmpfs, backend
 
 
 @pytest.mark.slow
 def test_a_failed_save_stops_the_node_with_one_error_line_and_the_stopped_line(
-    procs: Callable[..., ProcCluster], tmp_path: Path, breakage: tuple[str, int, Breaker, bool]
+    procs: Callable[..., ProcCluster], tmp_path: Path, breakage: tuple[str, int, Breaker, bool, str]
 ) -> None:
     """Two nodes; node a's storage breaks after start; a hand-over makes a save a term: a stops, exit 3."""
-    name, code, breaker, needs_tmpfs = breakage
+    name, code, breaker, needs_tmpfs, backend = breakage
     workdir = tmp_path / "a-dir"
     workdir.mkdir()
-    cluster = procs(["a", "b"], election_timeout=0.15, storage=True)
+    cluster = procs(["a", "b"], election_timeout=0.15, storage=True, extra=["--backend", backend])
     cluster.workdir = workdir  # node a's storage and stderr live in its own directory
     a = cluster["a"]
     a.stderr_path = tmp_path / "a.stderr"
