@@ -66,7 +66,7 @@ def built(self_id: object = "a", **options: object) -> Iterator[RaftElectionStat
         control.close()
         # A state that never ran keeps the receiving end; close it too, or
         # anyio warns about an unclosed stream (there is no public close()).
-        state._inbox.close()
+        state.runtime.inbox.close()
 
 
 def _peers(*ids: object) -> list[Peer]:

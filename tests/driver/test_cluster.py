@@ -137,8 +137,17 @@ async def test_transfer_that_does_not_complete(anyio_backend_name: str) -> None:
         for other in cluster.ids:
             if other != target:
                 cluster.cut(target, other, both_ways=False)
+        # From the moment its TimeoutNow leaves, the leader must hold no lease.
         lease_meanwhile: list[bool] = []
-        monitor.on_delivery.append(lambda _s, _p, _m: lease_meanwhile.append(leader.holds_lease))
+        handed_over: list[bool] = []
+
+        def record(sender: object, _to: object, message: object) -> None:
+            if sender == leader.self_id and isinstance(message, TimeoutNow):
+                handed_over.append(True)
+            if handed_over:
+                lease_meanwhile.append(leader.holds_lease)
+
+        monitor.on_delivery.append(record)
 
         with leader.subscribe() as events:
             assert events.receive_nowait() == old
