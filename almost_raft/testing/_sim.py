@@ -13,8 +13,8 @@ core is given that local time on every call, and its deadlines are turned
 back into true time to schedule them.  The safety checker compares leases in
 true time.
 
-After every step of every node the ``SafetyChecker`` checks DESIGN.md's
-safety rules; the first broken one stops the run with a ``SafetyViolation``
+After every step of every node the ``SafetyChecker`` checks the safety
+rules of docs/specification.md; the first broken one stops the run with a ``SafetyViolation``
 that names the seed and shows the last relevant steps.
 """
 

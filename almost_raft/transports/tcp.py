@@ -46,6 +46,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream,
 from anyio.streams.memory import MemoryObjectSendStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from .._errors import raise_single
 from .._messages import ControlMessage, Message, NodeId, check_node_id
 from ._wire import FrameReader, WireError, encode_message, node_id_text
 
@@ -475,7 +476,9 @@ class TcpTransport:
 
     Use it as an async context manager; on a normal exit it gives the peers'
     queues up to ``flush_timeout`` seconds to drain (so that a leader's
-    ``TimeoutNow`` gets out before the process ends), then closes everything::
+    ``TimeoutNow`` gets out before the process ends), then closes everything.
+    An exception raised in the body comes out as itself, not wrapped in an
+    exception group::
 
         async with TcpTransport("a") as transport:
             b = transport.node("b", "127.0.0.1", 7002)
@@ -578,7 +581,13 @@ class TcpTransport:
                     if node._done is not None:
                         await node._done.wait()
         tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        except BaseException as error:
+            # The body's own exception (or a single one from a task) comes out
+            # as itself, not wrapped in an exception group.
+            raise_single(error)
+            raise
 
     def _task_group(self) -> TaskGroup:
         if self._tg is None:

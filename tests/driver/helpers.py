@@ -3,7 +3,7 @@
 The tests never sleep to wait for something.  ``Monitor`` wakes its waiters
 whenever something observable happens (a message handed to the in-memory
 network, a node's leader view changing, a node starting or stopping) and
-checks DESIGN.md's safety rules at each of those instants: at most one node
+checks the safety rules of docs/specification.md at each of those instants: at most one node
 holding a lease, at most one leader per term, terms never decreasing.
 """
 
