@@ -31,6 +31,7 @@ from almost_raft import (
     raft_election,
 )
 from almost_raft._messages import NodeId
+from almost_raft.host import ElectionHost
 from almost_raft.testing import LocalCluster
 from almost_raft.transports.memory import MemoryNetwork
 
@@ -331,3 +332,13 @@ def warnings_about(caplog: pytest.LogCaptureFixture, node_id: NodeId, text: str 
 def is_trio(anyio_backend_name: str) -> bool:
     """Whether the test runs on trio's virtual clock, where time bounds can be asserted exactly."""
     return anyio_backend_name == "trio"
+
+
+@asynccontextmanager
+async def running_host() -> AsyncIterator[ElectionHost]:
+    """An ``ElectionHost`` whose ``run`` task runs for the duration."""
+    host = ElectionHost()
+    async with anyio.create_task_group() as tg:
+        await tg.start(host.run)
+        yield host
+        tg.cancel_scope.cancel()

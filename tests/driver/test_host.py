@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
 import anyio
 import pytest
@@ -27,16 +26,7 @@ from almost_raft.host import ElectionHost
 from almost_raft.testing import LocalCluster
 from almost_raft.transports.memory import MemoryNetwork
 
-from .helpers import OPTIONS, T, is_trio, memory_peers
-
-
-@asynccontextmanager
-async def running_host() -> AsyncIterator[ElectionHost]:
-    host = ElectionHost()
-    async with anyio.create_task_group() as tg:
-        await tg.start(host.run)
-        yield host
-        tg.cancel_scope.cancel()
+from .helpers import OPTIONS, T, is_trio, memory_peers, running_host
 
 
 async def test_many_groups_each_elect_one_leader() -> None:

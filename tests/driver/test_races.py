@@ -18,15 +18,14 @@ subject.  ``ALMOST_RAFT_RACE_TRIALS`` sets the number of trials per test.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
-import anyio
 import pytest
 
 from almost_raft import HardState, RaftElectionState, RequestVote, VoteResponse
 from almost_raft.host import ElectionHost
 
+from .helpers import running_host
 from .races import T, Trial, check, restarted_votes_twice, run_trial
 
 TRIALS = int(os.environ.get("ALMOST_RAFT_RACE_TRIALS", "120"))
@@ -84,17 +83,8 @@ async def test_nothing_leaves_before_its_save() -> None:
     _assert_raced(await _run_trials(None))
 
 
-@asynccontextmanager
-async def _host() -> AsyncIterator[ElectionHost]:
-    host = ElectionHost()
-    async with anyio.create_task_group() as tg:
-        await tg.start(host.run)
-        yield host
-        tg.cancel_scope.cancel()
-
-
 async def test_nothing_leaves_before_its_save_in_a_host() -> None:
-    async with _host() as host:
+    async with running_host() as host:
         _assert_raced(await _run_trials(host))
 
 
