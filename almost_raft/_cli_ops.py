@@ -22,7 +22,7 @@ from ._messages import NodeId
 from ._state import RaftElectionState
 from ._storage import FileStorage
 from .node import NodeConfig, NodeStartError, serve_node
-from .transports.tcp import TcpStats, make_tls_contexts
+from .transports.tcp import TcpStats
 
 if TYPE_CHECKING:
     from ._cli import Options, _Printer
@@ -179,18 +179,25 @@ def _error(text: str) -> int:
 
 
 async def run(opts: Options, printer: _Printer) -> int:
-    """Run the node *opts* describes, with ``--exec`` and/or ``--status-listen``; return the exit status."""
+    """Run the node *opts* describes, with ``--exec`` and/or ``--status-listen``; return the exit status.
+
+    Errors and exit statuses are those of the plain node (see ``_cli.EXIT_CODES``): 2 when it cannot
+    start, 3 when a save fails while it runs, 1 when the ``--exec`` supervisor goes away.
+    """
+    from ._cli import EXIT_STORAGE, _load_tls, _report_failed_save, _WatchedStorage
+
     server_ctx: ssl.SSLContext | None = None
     client_ctx: ssl.SSLContext | None = None
     if opts.tls_cert and opts.tls_key and opts.tls_ca:
         try:
-            server_ctx, client_ctx = make_tls_contexts(opts.tls_cert, opts.tls_key, opts.tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            return _error(f"cannot load the TLS files: {exc}")
+            server_ctx, client_ctx = _load_tls(opts.tls_cert, opts.tls_key, opts.tls_ca)
+        except ValueError as exc:
+            return _error(str(exc))
     ops = opts.ops
     urls: dict[NodeId, str] = dict(ops.peer_urls)
     if ops.advertise_url is not None:
         urls[opts.node_id] = ops.advertise_url
+    storage = _WatchedStorage(FileStorage(opts.storage)) if opts.storage else None
     cfg = NodeConfig(
         node_id=opts.node_id,
         listen=opts.listen,
@@ -201,7 +208,7 @@ async def run(opts: Options, printer: _Printer) -> int:
         message_timeout=opts.message_timeout,
         min_nodes=opts.min_nodes,
         max_nodes=opts.max_nodes,
-        storage=FileStorage(opts.storage) if opts.storage else None,
+        storage=storage,
         server_ssl_context=server_ctx,
         client_ssl_context=client_ctx,
         seed=opts.seed,
@@ -236,6 +243,12 @@ async def run(opts: Options, printer: _Printer) -> int:
         printer.write(record, text)
 
     def stopped(state: RaftElectionState, stats: TcpStats) -> None:
+        failure: str | None = None
+        reason = "stopped"
+        if storage is not None and storage.failed is not None:
+            failure, reason = _report_failed_save(me, storage), "storage_failed"
+        elif runner is not None and runner.failed.is_set():
+            failure, reason = "the --exec supervisor went away", "supervisor_lost"
         status = state.status().as_dict()
         record: dict[str, object] = {
             "event": "stopped",
@@ -243,12 +256,14 @@ async def run(opts: Options, printer: _Printer) -> int:
             "term": state.term,
             "leader_id": None,
             "monotonic": time.monotonic(),
+            "reason": reason,
+            "error": failure,
             "status": status,
             "transport": stats.as_dict(),
         }
         if runner is not None:
             record["child"] = runner.stats()
-        printer.write(record, f"{me}: stopped at term {status['term']}")
+        printer.write(record, f"{me}: stopped at term {status['term']}" + (f": {failure}" if failure else ""))
 
     try:
         if not ops.exec_command:
@@ -272,3 +287,9 @@ async def run(opts: Options, printer: _Printer) -> int:
             await runner.__aexit__(None, None, None)
     except NodeStartError as exc:
         return _error(str(exc))
+    except BaseException:
+        # A save that failed ends the election (it never votes without durable state); the
+        # child was stopped first, the stopped line names the file: no traceback.
+        if storage is not None and storage.failed is not None:
+            return EXIT_STORAGE
+        raise

@@ -265,8 +265,9 @@ class _NodeRun:
         finally:
             if status_sock is not None:
                 status_sock.close()
-        if self.on_stopped is not None:
-            self.on_stopped(state, transport.stats())
+            # Also when the election failed (say, a save failed): the caller reports why.
+            if self.on_stopped is not None and self.state is not None:
+                self.on_stopped(self.state, transport.stats())
 
     def _status_server(
         self,

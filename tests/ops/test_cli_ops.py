@@ -100,7 +100,9 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
 def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     port, taken = free_ports(2)
     with socket_bound(taken):
-        result = run_cli("--id", "a", "--listen", f"127.0.0.1:{port}", "--status-listen", f"127.0.0.1:{taken}")
+        result = run_cli(
+            "--id", "a", "--listen", f"127.0.0.1:{port}", "--peer", "b=127.0.0.1:1", "--status-listen", f"127.0.0.1:{taken}"
+        )  # fmt: skip
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -108,7 +110,9 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "status" in lines[0]
     bad = tmp_path / "a.state"
     bad.write_text("garbage")
-    result = run_cli("--id", "a", "--listen", "127.0.0.1:0", "--storage", str(bad), "--exec", "--", "true")
+    result = run_cli(
+        "--id", "a", "--listen", "127.0.0.1:0", "--peer", "b=127.0.0.1:1", "--storage", str(bad), "--exec", "--", "true"
+    )
     assert result.returncode == 2, result.stderr
     assert "cannot load the storage" in result.stderr.strip().splitlines()[-1]
 
