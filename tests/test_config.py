@@ -101,7 +101,8 @@ VALUE_ERRORS: list[Case] = [
 ]
 
 TYPE_ERRORS: list[Case] = [
-    *[_time_case(f, v) for f in TIME_FIELDS for v in (True, "0.1", None) if (f, v) != ("election_timeout_max", None)],
+    # None is the default of the times that follow T (see test_defaults_follow_the_election_timeout).
+    *[_time_case(f, v) for f in TIME_FIELDS for v in (True, "0.1", None) if v is not None or f == "election_timeout"],
     ("min_nodes-bool", {"min_nodes": True}, "min_nodes"),
     ("min_nodes-float", {"min_nodes": 2.0}, "min_nodes"),
     ("max_nodes-str", {"max_nodes": "7"}, "max_nodes"),
