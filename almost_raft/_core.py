@@ -1278,7 +1278,7 @@ class Election:
         return best
 
     def _drop(self, message: Message, why: str) -> None:
-        """Bad input: log it and count it; the caller changes nothing else (DESIGN "bad input")."""
+        """Bad input: log it and count it; the caller changes nothing else (docs/specification.md, "bad input")."""
         kind = type(message).__name__
         self.counters.messages_rejected += 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1

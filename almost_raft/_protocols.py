@@ -15,7 +15,19 @@ class Node(Protocol):
     ``send_message`` should hand the message to the network and return; the
     election bounds every call by ``message_timeout`` and runs it apart from
     the election loop, so a slow or dead peer never delays the others.  An
-    exception it raises is logged and counted as a lost message.
+    exception it raises is logged and counted as a lost message.  Calls for
+    different peers run concurrently; calls for one peer never overlap, and
+    come in the order the messages were sent.
+
+    Optional fast path: a ``Node`` may also have a plain (not ``async``)
+    method ``send_message_nowait(message) -> None`` that hands the message
+    over without waiting (to a queue of its own, or to a socket buffer).
+    When it has one, the election calls it from the election's own task
+    whenever nothing is queued for that peer, and saves a task switch per
+    message.  It must never block.  Raising ``anyio.WouldBlock`` means "not
+    now": the message then goes through ``send_message``, in order.  Any
+    other exception is a lost message, logged and counted like a failing
+    ``send_message``.  ``MemoryNode`` and ``TcpNode`` have it.
     """
 
     @property

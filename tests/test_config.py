@@ -1,9 +1,9 @@
 """``RaftElectionState.init``: a configuration that cannot work raises at once; good ones are accepted.
 
-DESIGN: "It raises ``ValueError`` at once for a configuration that cannot
-work: non-positive times, a heartbeat interval above half the election
-timeout, ``min_nodes > max_nodes``, more nodes than ``max_nodes``, duplicate
-node ids, ``self_id`` among the peers."  Values of the wrong type raise
+docs/specification.md ("Configuration"): ``init`` raises ``ValueError`` at
+once for a configuration that cannot work: non-positive times, a heartbeat
+interval above half the election timeout, ``min_nodes > max_nodes``, more
+nodes than ``max_nodes``, duplicate node ids, ``self_id`` among the peers.  Values of the wrong type raise
 ``TypeError``.  Also ``status()`` before the election runs, and
 ``subscribe(buffer)``.
 """
@@ -69,7 +69,7 @@ def built(self_id: object = "a", **options: object) -> Iterator[RaftElectionStat
         control.close()
         # A state that never ran keeps the receiving end; close it too, or
         # anyio warns about an unclosed stream (there is no public close()).
-        state._inbox.close()
+        state.runtime.inbox.close()
 
 
 def _peers(*ids: object) -> list[Peer]:
@@ -125,7 +125,7 @@ TYPE_ERRORS: list[Case] = [
 
 @pytest.mark.parametrize(("options", "names"), [pytest.param(o, n, id=i) for i, o, n in VALUE_ERRORS])
 def test_unworkable_configurations_raise_value_error(options: dict[str, object], names: str) -> None:
-    """DESIGN: each configuration that cannot work raises ``ValueError`` at once, naming the problem."""
+    """Specification: each configuration that cannot work raises ``ValueError`` at once, naming the problem."""
     with pytest.raises(ValueError, match=names), built(**options):
         pass
 
@@ -188,7 +188,7 @@ def test_file_storage_is_accepted(tmp_path: Path) -> None:
 
 
 def test_lease_is_shorter_than_T_by_the_clock_drift_margin() -> None:
-    """DESIGN: the lease lasts ``T`` less a margin for clock drift."""
+    """Specification: the lease lasts ``T`` less a margin for clock drift."""
     with built(clock_drift=0.01) as state:
         assert state.config.lease_duration == pytest.approx(T * 0.99 / 1.01)
     with built(clock_drift=0) as state:
@@ -236,7 +236,7 @@ def test_subscribe_validates_buffer(buffer: object, error: type[Exception]) -> N
 
 
 def test_subscribe_starts_with_the_current_view() -> None:
-    """DESIGN: a subscription starts with the current view, ``LeaderChanged(0, None)`` before start."""
+    """Specification: a subscription starts with the current view, ``LeaderChanged(0, None)`` before start."""
     with built() as state, state.subscribe(buffer=1) as events:
         assert events.receive_nowait() == LeaderChanged(0, None)
         with pytest.raises(anyio.WouldBlock):
@@ -359,7 +359,7 @@ def test_defaults_follow_the_election_timeout() -> None:
             assert state.config.election_timeout_max == 2 * timeout
         finally:
             control.close()
-            state._inbox.close()
+            state.runtime.inbox.close()
     with built(heartbeat_interval=None, message_timeout=None) as state:
         assert state.config.heartbeat_interval == pytest.approx(T / 3)
     with built(heartbeat_interval=0.02, message_timeout=None) as state:
@@ -379,7 +379,7 @@ def test_the_cli_and_the_api_share_their_defaults() -> None:
         )
     finally:
         control.close()
-        state._inbox.close()
+        state.runtime.inbox.close()
 
 
 @pytest.mark.parametrize(

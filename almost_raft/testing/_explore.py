@@ -63,6 +63,7 @@ from typing import Any, Literal, final
 
 from .._config import Config, make_config
 from .._core import CoreCounters, Election, Output
+from .._executor import Executor
 from .._messages import LeaderChanged, Message, NodeId, Role
 from .._protocols import HardState
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
@@ -534,7 +535,16 @@ class _Explorer:
     ) -> list[tuple[_State, Violation | None]]:
         """The states after a step of node *i*: one per choice of the sends that fit in flight."""
         sender = self.ids[i]
-        sends = [(self.index[to], sender, message) for to, message in out.sends]
+        # The driver's executor carries the output out; saves are instant
+        # here, so storage always holds the core's term and vote (which is
+        # what a restart comes back with).
+        index = self.index
+        sends: list[_Item] = []
+        events: list[LeaderChanged] = []
+        executor = Executor(lambda to, message: sends.append((index[to], sender, message)), events.append)
+        executor.submit(out)
+        while executor.pending_save is not None:
+            executor.saved()
         room = max(self.max_in_flight - len(inflight), 0)
         if len(sends) <= room:
             choices: list[tuple[_Item, ...]] = [tuple(sends)]
@@ -557,7 +567,7 @@ class _Explorer:
             checker = checker.copy()
             if crashed:
                 checker.crashed(sender)
-        violation = self._observe(checker, i, core, now, kind, detail, out.events)
+        violation = self._observe(checker, i, core, now, kind, detail, tuple(events))
         # A leader's timed heartbeat rounds in its current term (bounded).
         rounds = state.rounds
         if core.role is not Role.LEADER:

@@ -1,6 +1,6 @@
 """Terms have no dead end (issue 14): ``MAX_TERM``, ``MAX_TERM_STEP`` and the transfer rule, on the pure core.
 
-DESIGN: "No input can leave a cluster permanently unable to elect: terms
+docs/specification.md ("Terms have no dead end"): "No input can leave a cluster permanently unable to elect: terms
 never reach a value from which no higher term can be sent and stored, and a
 vote request flagged as a transfer is honoured only where a real transfer
 could have produced it."  The argument is in docs/specification-terms.md.
@@ -94,7 +94,7 @@ _STARTS: dict[str, Callable[[], Harness]] = {
 @pytest.mark.parametrize("kind", list(_ABOVE))
 @pytest.mark.parametrize("start", list(_STARTS))
 def test_a_term_above_max_term_is_bad_input(start: str, kind: str, term: int) -> None:
-    """Issue 14 item 1: a term no node can hold changes nothing; it is dropped and counted (DESIGN "bad input")."""
+    """Issue 14 item 1: a term no node can hold changes nothing; it is dropped and counted (docs/specification.md, "bad input")."""
     h = _STARTS[start]()
     h.advance(0.1)
     before = h.snapshot()

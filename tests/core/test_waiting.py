@@ -1,6 +1,6 @@
 """A node that cannot stand because its view is below ``min_nodes`` says so (issue 11, item 4).
 
-DESIGN: "No election starts while the size is below ``min_nodes``."  The
+docs/specification.md ("Membership"): no node starts a round below ``min_nodes``.  The
 node logs at INFO "node %r term %d: waiting for %d members, have %d" when it
 first finds itself unable, then again at most every 30 seconds of its own
 clock while it lasts, and at once when it is unable again after it could

@@ -60,7 +60,8 @@ class NodeProc:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def start(self, args: Sequence[str]) -> None:
+    def start(self, args: Sequence[str], *, prefix: Sequence[str] = ()) -> None:
+        """Start ``python -m almost_raft ARGS``, run by the command *prefix* if one is given."""
         assert not self.running, f"{self.node_id} is already running"
         self.starts += 1
         self._stderr = open(self.stderr_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in wait()/close()
@@ -68,7 +69,7 @@ class NodeProc:
         self._stderr.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "almost_raft", *args],
+            [*prefix, sys.executable, "-m", "almost_raft", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
