@@ -71,7 +71,7 @@ Rules, each with the reason:
   node's term by at most ``MAX_TERM_STEP`` (``2**16``): a message from further
   ahead moves the node that far and is dropped.  Reaching ``MAX_TERM`` from
   term 0 thus takes at least ``2**46`` accepted messages
-  (``docs/specification-terms.md``).
+  (``docs/specification.md``, "Terms have no dead end").
 * Split votes (with pre-vote only): a candidate whose round is clearly lost
   steps back if a lower id stood against it, and otherwise stands again at
   once, through a pre-vote round.  Without pre-vote, a candidate refused by a
@@ -749,7 +749,7 @@ class Election:
         behind catches up one step per message it receives from the front
         (a leader's heartbeats do it within a few rounds), while hostile
         input needs ``2**46`` accepted messages to bring a term from 0 to
-        ``MAX_TERM`` (docs/specification-terms.md).
+        ``MAX_TERM`` (docs/specification.md, "Terms have no dead end").
         """
         if reach - self._term <= MAX_TERM_STEP:
             return False
@@ -766,7 +766,7 @@ class Election:
         from someone other than the leader this node knows for ``t`` (a leader
         never hands over to itself).  Any other request flagged ``transfer``
         is an ordinary one, stickiness included: a flag alone must not let a
-        message carry a term past a sticky node (docs/specification-terms.md).
+        message carry a term past a sticky node (docs/specification.md, "Terms have no dead end").
         """
         return m.transfer and not m.pre_vote and m.term == self._term + 1 and m.candidate_id != self._term_leader
 
@@ -1239,7 +1239,7 @@ class Election:
         else:
             logger.error(
                 "node %r term %d: cannot stand for election, the term has reached MAX_TERM; "
-                "see docs/specification-terms.md",
+                "see docs/specification.md, 'Terms have no dead end'",
                 self._self_id,
                 self._term,
             )

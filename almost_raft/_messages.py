@@ -29,12 +29,12 @@ Half the wire's range: a node at ``MAX_TERM`` can still encode ``term + 1``,
 and every term above it, up to ``WIRE_MAX_TERM``, is refused as bad input.
 No honest run comes near it (one election per millisecond would take 146
 million years); ``MAX_TERM_STEP`` keeps hostile input from pushing a cluster
-there.  The argument is in ``docs/specification-terms.md``, "Terms have no
+there.  The argument is in ``docs/specification.md``, "Terms have no
 dead end".
 """
 
 MAX_TERM_STEP: Final = 2**16
-"""How far one message can raise a node's term (``docs/specification-terms.md``).
+"""How far one message can raise a node's term (``docs/specification.md``, "Terms have no dead end").
 
 A message whose term lies further ahead moves the node only this far (as a
 follower that knows no leader) and is then dropped as bad input; the next

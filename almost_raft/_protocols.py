@@ -59,7 +59,7 @@ class HardState:
         if self.term > MAX_TERM:
             raise ValueError(
                 f"HardState.term must be at most MAX_TERM (2**62), got {self.term}: "
-                "no node ever holds such a term (docs/specification-terms.md)"
+                "no node ever holds such a term (docs/specification.md, 'Terms have no dead end')"
             )
         if self.voted_for is not None:
             check_node_id(self.voted_for, "HardState.voted_for")

@@ -133,7 +133,7 @@ class FileStorage:
         if type(term) is int and term > MAX_TERM:
             # Only hostile input saved by an older version, or a corrupt
             # file, gets here; starting from it would leave the cluster unable
-            # to elect (docs/specification-terms.md).
+            # to elect (docs/specification.md, "Terms have no dead end").
             what = "the wire format cannot carry it" if term > WIRE_MAX_TERM else "it leaves no room to grow"
             raise ValueError(
                 f"{self.path}: term {term} is above MAX_TERM (2**62): {what}. No honest run gets there; "

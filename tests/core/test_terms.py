@@ -3,7 +3,7 @@
 docs/specification.md ("Terms have no dead end"): "No input can leave a cluster permanently unable to elect: terms
 never reach a value from which no higher term can be sent and stored, and a
 vote request flagged as a transfer is honoured only where a real transfer
-could have produced it."  The argument is in docs/specification-terms.md.
+could have produced it."  The argument is in docs/specification.md, "Terms have no dead end".
 
 * A term above ``MAX_TERM`` (``2**62``) is bad input: dropped, counted,
   nothing changes (paper 5.1's "adopt the higher term" does not apply to a
