@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import signal
 import ssl
 import sys
@@ -38,6 +39,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._cli_ops import OpsOptions, add_arguments, check_arguments, split_exec
 from ._cli_ops import run as run_ops
+from ._config import make_config
 from ._driver import raft_election
 from ._errors import leaf_exceptions
 from ._messages import ControlMessage, LeaderChanged, Message, NodeId, RemoveNode, TransferLeadership
@@ -47,6 +49,11 @@ from ._storage import FileStorage
 from .transports.tcp import TcpTransport, make_tls_contexts
 
 logger = logging.getLogger("almost_raft")
+
+# The options of make_config that the command line names --like-this.
+_OPTION_NAMES = re.compile(
+    r"\b(election_timeout_max|election_timeout|heartbeat_interval|message_timeout|min_nodes|max_nodes)\b"
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -238,13 +245,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         if peer_id in seen:
             parser.error(f"--peer {peer_id}=... is given twice: duplicate node id {peer_id!r}")
         seen.add(peer_id)
-    timeout: float = ns.election_timeout
-    timeout_max: float | None = ns.election_timeout_max
-    if timeout_max is not None and timeout_max < timeout:
-        parser.error(f"--election-timeout-max ({timeout_max}) must be >= --election-timeout ({timeout})")
-    heartbeat: float = ns.heartbeat_interval if ns.heartbeat_interval is not None else timeout / 3
-    if heartbeat > timeout / 2:
-        parser.error(f"--heartbeat-interval ({heartbeat}) must be at most half of --election-timeout ({timeout})")
     size = len(ns.peers) + 1
     min_nodes: int = ns.min_nodes if ns.min_nodes is not None else size
     max_nodes: int = max(ns.max_nodes, size) if ns.max_nodes == 1024 else ns.max_nodes
@@ -252,6 +252,24 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"{size} nodes exceed --max-nodes {max_nodes}")
     if min_nodes > max_nodes:
         parser.error(f"--min-nodes ({min_nodes}) exceeds --max-nodes ({max_nodes})")
+    # The same checks and defaults as RaftElectionState.init (heartbeat T/3,
+    # message timeout = heartbeat).  Its unit warning comes from init, once
+    # logging is set up.
+    try:
+        config = make_config(
+            node_id,
+            election_timeout=ns.election_timeout,
+            election_timeout_max=ns.election_timeout_max,
+            heartbeat_interval=ns.heartbeat_interval,
+            message_timeout=ns.message_timeout,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            peer_ids=[peer_id for peer_id, _, _ in ns.peers],
+            warn=False,
+        )
+    except ValueError as exc:
+        parser.error(_OPTION_NAMES.sub(lambda m: "--" + m.group(0).replace("_", "-"), str(exc)))
+    assert config.message_timeout is not None
     tls = (ns.tls_cert, ns.tls_key, ns.tls_ca)
     if any(tls) and not all(tls):
         parser.error("TLS needs all of --tls-cert, --tls-key and --tls-ca")
@@ -264,10 +282,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         node_id=node_id,
         listen=ns.listen,
         peers=tuple(ns.peers),
-        election_timeout=timeout,
-        election_timeout_max=timeout_max,
-        heartbeat_interval=heartbeat,
-        message_timeout=ns.message_timeout if ns.message_timeout is not None else heartbeat,
+        election_timeout=config.election_timeout,
+        election_timeout_max=ns.election_timeout_max,
+        heartbeat_interval=config.heartbeat_interval,
+        message_timeout=config.message_timeout,
         min_nodes=min_nodes,
         max_nodes=max_nodes,
         storage=ns.storage,
@@ -278,7 +296,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         backend=ns.backend,
         seed=ns.seed,
         log_level=ns.log_level,
-        ops=check_arguments(parser, ns, command, election_timeout=timeout, heartbeat_interval=heartbeat),
+        ops=check_arguments(
+            parser, ns, command, election_timeout=config.election_timeout, heartbeat_interval=config.heartbeat_interval
+        ),
     )
 
 

@@ -60,8 +60,19 @@ class _Loop:
     async def receive(self) -> None:
         """Move everything that arrives through ``control`` into the mailbox, in order."""
         mailbox = self.mailbox
-        async for item in self.runtime.inbox:
+        inbox = self.runtime.inbox
+        async for item in inbox:
             mailbox.append(item)
+            # Take what else is waiting too: one wake-up of the loop per burst.
+            while len(mailbox) < MAILBOX_SIZE:
+                try:
+                    mailbox.append(inbox.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+                except anyio.EndOfStream:
+                    mailbox.append(CLOSED)
+                    self.wake()
+                    return
             self.wake()
             while len(mailbox) >= MAILBOX_SIZE:
                 self.space = anyio.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, final, runtime_checkable
 
-from ._messages import Message, NodeId, _check_term, check_node_id
+from ._messages import MAX_TERM, Message, NodeId, _check_term, check_node_id
 
 
 @runtime_checkable
@@ -46,7 +46,8 @@ class HardState:
     """What a node must remember across restarts.
 
     Attributes:
-        term: the latest term this node has seen.
+        term: the latest term this node has seen, at most ``MAX_TERM``
+            (``2**62``): a node never holds a larger one.
         voted_for: the candidate it voted for in ``term``, or ``None``.
     """
 
@@ -55,6 +56,11 @@ class HardState:
 
     def __post_init__(self) -> None:
         _check_term("HardState", "term", self.term)
+        if self.term > MAX_TERM:
+            raise ValueError(
+                f"HardState.term must be at most MAX_TERM (2**62), got {self.term}: "
+                "no node ever holds such a term (docs/specification.md, 'Terms have no dead end')"
+            )
         if self.voted_for is not None:
             check_node_id(self.voted_for, "HardState.voted_for")
 

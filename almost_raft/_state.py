@@ -12,7 +12,8 @@ from typing import final
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._core import Config, CoreCounters, Election
+from ._config import DEFAULT_CLOCK_DRIFT, DEFAULT_ELECTION_TIMEOUT, Config, check_nodes, check_storage, make_config
+from ._core import CoreCounters, Election
 from ._messages import (
     ControlMessage,
     LeaderChanged,
@@ -20,8 +21,6 @@ from ._messages import (
     NodeId,
     Role,
     TransferLeadership,
-    check_node_id,
-    check_seconds,
 )
 from ._protocols import Node, Storage
 from ._runtime import PauseCandidacy, Runtime, Subscription
@@ -148,9 +147,9 @@ class RaftElectionState:
         cls,
         self_id: NodeId,
         *,
-        election_timeout: float = 0.150,
-        heartbeat_interval: float = 0.050,
-        message_timeout: float = 0.050,
+        election_timeout: float = DEFAULT_ELECTION_TIMEOUT,
+        heartbeat_interval: float | None = None,
+        message_timeout: float | None = None,
         nodes: Iterable[Node] = (),
         max_nodes: int = 1024,
         min_nodes: int = 1,
@@ -159,17 +158,23 @@ class RaftElectionState:
         storage: Storage | None = None,
         election_timeout_max: float | None = None,
         rng: random.Random | None = None,
-        clock_drift: float = 0.01,
+        clock_drift: float = DEFAULT_CLOCK_DRIFT,
     ) -> tuple[RaftElectionState, MemoryObjectSendStream[ControlMessage | Message]]:
         """Check a configuration and build a node's state and its ``control`` stream.
+
+        All times are in seconds.  The defaults follow ``election_timeout``
+        (``T``), so giving ``T`` alone is enough: ``init("a",
+        election_timeout=0.05)`` heartbeats every ``T / 3``.
 
         Args:
             self_id: this node's id (``str`` or ``int``).
             election_timeout: ``T`` in seconds: a node that hears no leader for
                 a timeout drawn from ``[T, election_timeout_max)`` stands.
-            heartbeat_interval: seconds between a leader's heartbeats; at most ``T / 2``.
-            message_timeout: bound in seconds on each ``Node.send_message`` call.
-            nodes: the peers known now (not this node).
+            heartbeat_interval: seconds between a leader's heartbeats (default
+                ``T / 3``, as ``python -m almost_raft``); at most ``T / 2``.
+            message_timeout: bound in seconds on each ``Node.send_message`` call
+                (default: the heartbeat interval); at most ``T``.
+            nodes: the peers known now (``Node`` objects, not their ids; not this node).
             max_nodes: the cluster, this node included, never grows beyond this.
             min_nodes: no election while the cluster, this node included, is
                 smaller; quorums count ``max(size, min_nodes)``.  Set it to the
@@ -177,7 +182,8 @@ class RaftElectionState:
             pre_vote: ask for pre-votes before raising the term.
             check_quorum: a leader without a quorum of acknowledgements within
                 ``T`` steps down.
-            storage: where ``term`` and ``voted_for`` are saved (default: memory).
+            storage: where ``term`` and ``voted_for`` are saved (default:
+                memory); its ``load`` and ``save`` must be ``async def``.
             election_timeout_max: upper end of the timeout range (default ``2 * T``;
                 equal to ``T`` means no randomness).
             rng: the only source of randomness (seed it to replay a run).
@@ -190,73 +196,38 @@ class RaftElectionState:
             ``control``.  Closing ``control`` ends the election.
 
         Raises:
-            TypeError: a value of the wrong type.
+            TypeError: a value of the wrong type: for example ids instead of
+                ``Node`` objects in ``nodes``, or a ``Node`` or ``Storage``
+                whose methods are plain ``def`` instead of ``async def``.
             ValueError: a configuration that cannot work.
+
+        An election timeout of more than a minute is accepted with a warning
+        on the ``almost_raft`` logger: it is almost surely milliseconds
+        written as seconds.
         """
-        check_node_id(self_id, "self_id")
-        timeout = check_seconds("election_timeout", election_timeout)
-        heartbeat = check_seconds("heartbeat_interval", heartbeat_interval)
-        msg_timeout = check_seconds("message_timeout", message_timeout)
-        timeout_max = (
-            2 * timeout if election_timeout_max is None else check_seconds("election_timeout_max", election_timeout_max)
+        peers = check_nodes(nodes)
+        config = make_config(
+            self_id,
+            election_timeout=election_timeout,
+            election_timeout_max=election_timeout_max,
+            heartbeat_interval=heartbeat_interval,
+            message_timeout=message_timeout,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            peer_ids=peers,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            clock_drift=clock_drift,
         )
-        if timeout_max < timeout:
-            raise ValueError(f"election_timeout_max ({timeout_max}) must be >= election_timeout ({timeout})")
-        if heartbeat > timeout / 2:
-            raise ValueError(
-                f"heartbeat_interval ({heartbeat}) must be at most half the election_timeout ({timeout}): "
-                "followers would time out between two heartbeats"
-            )
-        for name, value in (("max_nodes", max_nodes), ("min_nodes", min_nodes)):
-            if type(value) is bool or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1 (it counts this node), got {value}")
-        if min_nodes > max_nodes:
-            raise ValueError(f"min_nodes ({min_nodes}) must not exceed max_nodes ({max_nodes})")
-        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum)):
-            if type(flag) is not bool:
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if type(clock_drift) is bool or not isinstance(clock_drift, (int, float)):
-            raise TypeError(f"clock_drift must be a number, got {type(clock_drift).__name__}")
-        if not (0 <= clock_drift < 0.5) or math.isnan(clock_drift):
-            raise ValueError(f"clock_drift must be in [0, 0.5), got {clock_drift!r}")
-        peers: dict[NodeId, Node] = {}
-        for node in nodes:
-            node_id = getattr(node, "node_id", None)
-            check_node_id(node_id, "node.node_id")
-            assert node_id is not None
-            if not callable(getattr(node, "send_message", None)):
-                raise TypeError(f"node {node_id!r} has no send_message method")
-            if node_id == self_id:
-                raise ValueError(f"self_id {self_id!r} must not be among the peers in nodes")
-            if node_id in peers:
-                raise ValueError(f"duplicate node id {node_id!r} in nodes")
-            peers[node_id] = node
-        if len(peers) + 1 > max_nodes:
-            raise ValueError(f"{len(peers)} peers plus this node exceed max_nodes ({max_nodes})")
-        if storage is None:
-            storage = MemoryStorage()
-        elif not isinstance(storage, Storage):
-            raise TypeError("storage must have async load() and save(hard_state) methods")
+        storage = MemoryStorage() if storage is None else check_storage(storage)
         if rng is None:
             rng = random.Random()
         elif not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
-        config = Config(
-            self_id=self_id,
-            election_timeout=timeout,
-            election_timeout_max=timeout_max,
-            heartbeat_interval=heartbeat,
-            min_nodes=min_nodes,
-            max_nodes=max_nodes,
-            pre_vote=pre_vote,
-            check_quorum=check_quorum,
-            lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
-        )
+        assert config.message_timeout is not None
         send, receive = anyio.create_memory_object_stream[ControlMessage | Message](_CONTROL_BUFFER)
         runtime = Runtime(
-            config=config, message_timeout=msg_timeout, nodes=peers, storage=storage, rng=rng, inbox=receive
+            config=config, message_timeout=config.message_timeout, nodes=peers, storage=storage, rng=rng, inbox=receive
         )
         return cls(runtime), send
 

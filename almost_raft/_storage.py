@@ -10,6 +10,7 @@ from typing import final
 
 import anyio.to_thread
 
+from ._messages import MAX_TERM, WIRE_MAX_TERM
 from ._protocols import HardState
 
 _FORMAT_VERSION = 1
@@ -49,7 +50,8 @@ class FileStorage:
     holds either the old or the new state, never a mix, and a restarted node
     never votes twice in one term.  ``load`` raises ``ValueError`` for a file
     that exists but cannot be understood: a corrupt file is never read as
-    "term 0, no vote".
+    "term 0, no vote"; nor is a term above ``MAX_TERM`` (``2**62``) accepted,
+    which no node ever holds and from which a cluster could not elect.
 
     ``load`` also checks that the first ``save`` can succeed, by creating and
     removing the temporary file: a directory that does not exist or cannot be
@@ -71,7 +73,8 @@ class FileStorage:
         """Return the saved state, ``None`` if the file does not exist.
 
         Raises:
-            ValueError: the file exists but is not a valid state file.
+            ValueError: the file exists but is not a valid state file, or
+                holds a term above ``MAX_TERM``.
             OSError: the file cannot be read, or its directory does not exist
                 or cannot be written (the message names the path; ``errno``
                 is the system's, so ``FileNotFoundError``,
@@ -126,6 +129,16 @@ class FileStorage:
             )
         if data["version"] != _FORMAT_VERSION:
             raise ValueError(f"{self.path}: unsupported state file version {data['version']!r}")
+        term = data["term"]
+        if type(term) is int and term > MAX_TERM:
+            # Only hostile input saved by an older version, or a corrupt
+            # file, gets here; starting from it would leave the cluster unable
+            # to elect (docs/specification.md, "Terms have no dead end").
+            what = "the wire format cannot carry it" if term > WIRE_MAX_TERM else "it leaves no room to grow"
+            raise ValueError(
+                f"{self.path}: term {term} is above MAX_TERM (2**62): {what}. No honest run gets there; "
+                "to recover, stop every node of the cluster, remove their state files, and start them again"
+            )
         try:
             return HardState(data["term"], data["voted_for"])
         except (TypeError, ValueError) as exc:

@@ -85,7 +85,9 @@ def test_the_specification_covers_what_users_rely_on() -> None:
         assert wanted in headings, wanted
     for message in ("RequestVote", "VoteResponse", "Heartbeat", "HeartbeatResponse", "TimeoutNow"):
         assert f"| `{message}` |" in SPEC, message
-    assert "specification-terms.md" in SPEC.split("## Terms have no dead end", 1)[1].split("\n## ", 1)[0]
+    terms = SPEC.split("## Terms have no dead end", 1)[1].split("\n## ", 1)[0]
+    assert "MAX_TERM" in terms
+    assert "MAX_TERM_STEP" in terms
 
 
 def test_the_specifications_safety_properties_are_the_checkers_rules() -> None:

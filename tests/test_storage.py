@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from almost_raft import FileStorage, HardState, LeaderChanged, MemoryStorage, RaftElectionState, raft_election
+from almost_raft._messages import MAX_TERM
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -240,6 +241,39 @@ async def test_the_good_body_itself_loads(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_bytes(_good_body())
     assert await FileStorage(path).load() == HardState(9, "node-b")
+
+
+@pytest.mark.parametrize(
+    ("term", "why"),
+    [(2**63, "cannot carry"), (2**63 - 1, "no room to grow"), (2**62 + 1, "no room to grow"), (2**70, "cannot carry")],
+    ids=["2**63", "2**63-1", "MAX_TERM+1", "2**70"],
+)
+async def test_a_term_beyond_max_term_is_refused_at_start(tmp_path: Path, term: int, why: str) -> None:
+    """Issue 14: a file whose term the wire cannot carry, or that leaves no room to grow, is refused at ``load``.
+
+    Such a node would stop its cluster from electing (the next candidate
+    needs a term above it), so it fails at start, with the way out.
+    """
+    path = tmp_path / "state.json"
+    path.write_bytes(_doc(term=term))
+    with pytest.raises(
+        ValueError, match=rf"state\.json: term {term} is above MAX_TERM.*{why}.*remove their state files"
+    ):
+        await FileStorage(path).load()
+
+
+async def test_the_largest_term_a_node_holds_loads(tmp_path: Path) -> None:
+    """``MAX_TERM`` itself is a term a node can hold (it follows, it cannot stand): it loads."""
+    path = tmp_path / "state.json"
+    path.write_bytes(_doc(term=MAX_TERM))
+    assert await FileStorage(path).load() == HardState(MAX_TERM, "b")
+
+
+def test_hard_state_refuses_a_term_above_max_term() -> None:
+    """``HardState`` validates like the messages: no node ever holds a term above ``MAX_TERM``."""
+    assert HardState(MAX_TERM).term == MAX_TERM
+    with pytest.raises(ValueError, match="MAX_TERM"):
+        HardState(MAX_TERM + 1)
 
 
 # --------------------------------------------------------- restart via the driver

@@ -29,9 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, final
 
-from .._core import Config, Election, Output
+from .._config import Config, make_config
+from .._core import Election, Output
 from .._executor import Executor
-from .._messages import LeaderChanged, Message, NodeId, Role, check_node_id, check_seconds
+from .._messages import LeaderChanged, Message, NodeId, Role, check_node_id
 from .._protocols import HardState
 from ._faults import FaultInjector, LinkFaults, RandomFaults
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
@@ -206,17 +207,8 @@ class Simulation:
             check_node_id(node_id, "node id")
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate node ids in {ids!r}")
-        timeout = check_seconds("election_timeout", election_timeout)
-        timeout_max = 2 * timeout if election_timeout_max is None else float(election_timeout_max)
-        heartbeat = (
-            timeout / 3 if heartbeat_interval is None else check_seconds("heartbeat_interval", heartbeat_interval)
-        )
-        if timeout_max < timeout:
-            raise ValueError("election_timeout_max must be >= election_timeout")
-        if heartbeat > timeout / 2:
-            raise ValueError("heartbeat_interval must be at most half the election_timeout")
-        if not (0 <= clock_drift < 0.5 and 0 <= true_drift < 0.5):
-            raise ValueError("clock_drift and true_drift must be in [0, 0.5)")
+        if not (0 <= true_drift < 0.5):
+            raise ValueError("true_drift must be in [0, 0.5)")
         self.seed = seed
         self.log = log
         self.node_ids: tuple[NodeId, ...] = tuple(ids)
@@ -241,17 +233,19 @@ class Simulation:
         clock_rng = random.Random(f"{seed}/clocks")
         self._nodes: dict[NodeId, SimNode] = {}
         for node_id in ids:
-            config = Config(
-                self_id=node_id,
-                election_timeout=timeout,
-                election_timeout_max=timeout_max,
-                heartbeat_interval=heartbeat,
+            config = make_config(
+                node_id,
+                election_timeout=election_timeout,
+                election_timeout_max=election_timeout_max,
+                heartbeat_interval=heartbeat_interval,
                 min_nodes=len(ids),
                 max_nodes=max(len(ids), 1024),
+                peer_ids=[i for i in ids if i != node_id],
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
-                lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
                 split_vote_retry=split_vote_retry,
+                clock_drift=clock_drift,
+                warn=False,
             )
             rng = random.Random(f"{seed}/node/{node_id!r}")
             rate, offset = 1.0, 0.0

@@ -559,7 +559,8 @@ _STARTS: dict[str, Callable[[], Harness]] = {
 }
 
 _HIGHER: dict[str, Message] = {
-    "RequestVote-transfer": RequestVote(5, "c", transfer=True),
+    # A transfer is honoured only for the voter's next term (see test_terms.py).
+    "RequestVote-transfer": RequestVote(3, "c", transfer=True),
     "VoteResponse": _refuse(5, "c"),
     "VoteResponse-pre-vote": _refuse(5, "c", pre_vote=True),
     "Heartbeat": Heartbeat(5, "c", 1),
@@ -573,7 +574,8 @@ def _higher_term_expect(start: str, kind: str, peers: tuple[NodeId, ...]) -> tup
     forgot = (LeaderChanged(5, None),) if had_leader else ()
     match kind:
         case "RequestVote-transfer":
-            return Expect(HardState(5, "c"), (("c", _grant(5)),), forgot, REDRAW), Role.FOLLOWER, 5
+            forgot = (LeaderChanged(3, None),) if had_leader else ()
+            return Expect(HardState(3, "c"), (("c", _grant(3)),), forgot, REDRAW), Role.FOLLOWER, 3
         case "Heartbeat":
             ack = (("c", HeartbeatResponse(5, "a", True, 1)),)
             return Expect(HardState(5, None), ack, (LeaderChanged(5, "c"),), REDRAW), Role.FOLLOWER, 5
