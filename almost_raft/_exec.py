@@ -255,8 +255,23 @@ class ExecRunner:
                     await process.aclose()
 
     def attach(self, state: RaftElectionState) -> None:
-        """Follow *state*: the node whose lease the child runs under."""
+        """Follow *state*: the node whose lease the child runs under.
+
+        If its election ends while it leads (cancelled, or failing), the
+        child is killed and confirmed gone before the node hands over.
+        """
         self._state = state
+        state.runtime.before_hand_over = self._before_hand_over
+
+    async def _before_hand_over(self) -> None:
+        """The election ends while leading: the child goes before ``TimeoutNow`` does."""
+        self.begin_shutdown()
+        run = self._current
+        if run is None or run.exited.is_set():
+            return
+        self._send({"op": "kill"})
+        with anyio.move_on_after(_CONFIRM_SLACK):
+            await run.exited.wait()
 
     def begin_shutdown(self) -> None:
         """No child is started from now on."""
