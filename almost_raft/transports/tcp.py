@@ -25,6 +25,44 @@ meant to reach (``server_name``, by default ``str(peer_id)``); the listener
 takes the names in the connecting side's certificate (subject common name and
 DNS subject-alternative names) as its identity, and drops and counts every
 message whose claimed sender is not among them.
+
+Healing after a partition.  A connection opened before a partition holds the
+frames written during it in TCP's retransmission queue, and TCP retries them
+with an exponential backoff: after the heal the peer hears nothing until the
+next retransmission, seconds later.  Two rules bound this by ``2T`` (``T``
+being the ``election_timeout`` the transport was given):
+
+- ``TCP_USER_TIMEOUT`` is ``user_timeout`` (``2T``): the kernel closes a
+  connection whose data stayed unacknowledged that long.  This is the precise
+  test for *this* direction: a peer's answers arrive on its own connection, so
+  "the peer answers" says nothing about whether ours is stuck, and only the
+  kernel knows whether what we wrote was acknowledged.
+- Silence: a peer that answered none of our requests (``RequestVote``,
+  ``Heartbeat``, ``TimeoutNow``) for ``silence_timeout`` (``2T``) gets a fresh
+  connection, or a fresh connection attempt, at most once per
+  ``silence_timeout``.  It covers what the kernel cannot: a connection attempt
+  whose SYN was lost (Linux resends it only after 1 s, then 3 s), a middlebox
+  that acknowledges and drops, and platforms without ``TCP_USER_TIMEOUT``.
+  When a silent peer is heard again, whatever waits to reach it (a backoff, a
+  hanging attempt, a connection that carried the unanswered requests) is
+  replaced at once: the first frame through, in either direction, heals both.
+
+So after a heal a fresh connection carries the leader's next heartbeat within
+about ``2T`` plus a round trip, inside the ``T_max + 2h`` an election allows.
+Answers (``VoteResponse``, ``HeartbeatResponse``) expect nothing back and never
+start the silence clock, so a follower's connection to a leader it merely
+answers is never replaced.
+
+Guarding the listener.  Every incoming connection must deliver a complete,
+valid frame from a known peer within ``first_frame_timeout`` of being
+accepted (after the TLS handshake, itself bounded by ``handshake_timeout``),
+and then one at least every ``idle_timeout``; bytes that do not complete a
+frame do not count, so a trickle cannot hold a connection.  At most
+``max_connections_per_address`` come from one address (an IPv6 /64), and at
+most ``max_connections`` in all; at either limit the least recently useful
+connection that is not a live peer's is evicted for the newcomer (see
+``_tcp_guard``).  Trouble is counted in ``TcpStats`` and logged at most once
+per 5 seconds per kind.
 """
 
 from __future__ import annotations
@@ -35,7 +73,6 @@ import math
 import random
 import socket
 import ssl
-import time
 from collections import deque
 from dataclasses import dataclass, fields
 from types import TracebackType
@@ -46,7 +83,8 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream,
 from anyio.streams.memory import MemoryObjectSendStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from .._messages import ControlMessage, Message, NodeId, check_node_id
+from .._messages import ControlMessage, Heartbeat, Message, NodeId, RequestVote, TimeoutNow, check_node_id
+from ._tcp_guard import ConnectionTable, Incoming, RateLimitedLog, address_key
 from ._wire import FrameReader, WireError, encode_message, node_id_text
 
 logger = logging.getLogger("almost_raft")
@@ -60,6 +98,9 @@ _STREAM_ERRORS: Final = (
     OSError,
     ssl.SSLError,
 )
+_TROUBLE: Final = frozenset({"failing", "silent"})
+_REQUESTS: Final = (RequestVote, Heartbeat, TimeoutNow)
+"""The messages a live peer answers (``TimeoutNow`` with a ``RequestVote``): they start the silence clock."""
 
 
 @final
@@ -69,7 +110,13 @@ class TcpStats:
 
     Attributes:
         connections_accepted: incoming connections taken.
-        connections_refused: incoming connections closed at once (``max_connections`` reached).
+        connections_refused: incoming connections closed at once: ``max_connections`` or
+            ``max_connections_per_address`` reached, and no connection to evict.
+        connections_evicted: open incoming connections closed to make room for a new one
+            (they had not carried a valid frame for a while, or never).
+        first_frame_timeouts: incoming connections closed because no valid frame came
+            within ``first_frame_timeout`` (or the TLS handshake and that).
+        idle_timeouts: incoming connections closed after ``idle_timeout`` without a valid frame.
         tls_handshake_failures: incoming connections whose TLS handshake failed
             (no certificate, a certificate from another CA, not TLS at all, too slow).
         frames_received: valid messages decoded from incoming connections.
@@ -79,7 +126,10 @@ class TcpStats:
         control_overflows: valid messages dropped because ``control`` was full.
         connects: outgoing connections established.
         connect_failures: outgoing connection attempts that failed.
-        disconnects: outgoing connections lost (closed by the peer, or a send failed).
+        disconnects: outgoing connections lost (closed by the peer, or a send failed,
+            or replaced because the peer was silent).
+        silence_reconnects: outgoing connections, or connection attempts, replaced because
+            the peer answered no request for ``silence_timeout``, or came back after that.
         messages_queued: messages accepted by ``TcpNode.send_message``.
         messages_sent: messages written to a connection.
         messages_dropped: queued messages lost: the oldest dropped from a full
@@ -88,6 +138,9 @@ class TcpStats:
 
     connections_accepted: int = 0
     connections_refused: int = 0
+    connections_evicted: int = 0
+    first_frame_timeouts: int = 0
+    idle_timeouts: int = 0
     tls_handshake_failures: int = 0
     frames_received: int = 0
     frames_rejected: int = 0
@@ -96,6 +149,7 @@ class TcpStats:
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
+    silence_reconnects: int = 0
     messages_queued: int = 0
     messages_sent: int = 0
     messages_dropped: int = 0
@@ -151,8 +205,8 @@ def certificate_identities(cert: object) -> frozenset[str]:
     return frozenset(names)
 
 
-def _tune_socket(stream: ByteStream) -> None:
-    """No Nagle delay; keepalive probes so an idle connection that died is noticed."""
+def _tune_socket(stream: ByteStream, user_timeout: float) -> None:
+    """No Nagle delay; unacknowledged data for *user_timeout* closes the connection; keepalive when idle."""
     try:
         sock = stream.extra(SocketAttribute.raw_socket)
     except anyio.TypedAttributeLookupError:
@@ -161,36 +215,18 @@ def _tune_socket(stream: ByteStream) -> None:
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
     ]
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 15000)):
+    user_timeout_ms = max(1, round(user_timeout * 1000))
+    for name, value in (
+        ("TCP_KEEPIDLE", 10),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", user_timeout_ms),
+    ):
         if hasattr(socket, name):
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     for level, option, value in options:
         with contextlib.suppress(OSError):  # a platform without the option
             sock.setsockopt(level, option, value)
-
-
-class _RateLimitedLog:
-    """Logs a recurring inbound problem at most once per interval, with the count of the others."""
-
-    __slots__ = ("_interval", "_next_at", "_suppressed")
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self._interval = interval
-        self._next_at = -math.inf
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._suppressed += 1
-            logger.debug(msg, *args)
-            return
-        if self._suppressed:
-            msg += " (and %d more since the last report)"
-            args = (*args, self._suppressed)
-        self._suppressed = 0
-        self._next_at = now + self._interval
-        logger.warning(msg, *args)
 
 
 @final
@@ -217,7 +253,14 @@ class TcpNode:
         self._done: anyio.Event | None = None
         self._failures = 0
         self._retry_at = -math.inf
-        self._state = "new"  # new | connected | failing | closed
+        self._state = "new"  # new | connected | disconnected | failing | silent | closed
+        # Silence (see the module documentation): when our oldest unanswered request
+        # went out, when the current connection or attempt began, and the attempt's
+        # scope while it is still in its TCP phase (a lost SYN is worth retrying).
+        self._unanswered_since: float | None = None
+        self._attempt_at = -math.inf
+        self._connected_at = -math.inf
+        self._attempt_scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"TcpNode({self._node_id!r}, {self.host}:{self.port}, {self._state})"
@@ -254,6 +297,10 @@ class TcpNode:
             self.send_nowait(message)
             return
         frame = encode_message(message)
+        self._watch_silence(message)
+        if self._stream is not stream:  # replaced: the peer was silent
+            self._enqueue(frame)
+            return
         self._transport._stats.messages_queued += 1
         await self._write(stream, frame, 1)
 
@@ -267,6 +314,10 @@ class TcpNode:
             WireError: *message* cannot be encoded.
         """
         frame = encode_message(message)
+        self._watch_silence(message)
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
         transport = self._transport
         stats = transport._stats
         if self._closing or transport._closed:
@@ -290,10 +341,62 @@ class TcpNode:
             self._wakeup.set()
             self._wakeup = None
 
-    def _poke(self) -> None:
-        """A message came from the peer: it is up, so stop waiting out the backoff."""
+    # --------------------------------------------------------------- silence
+
+    def _watch_silence(self, message: Message) -> None:
+        """Before sending *message*: replace the connection if the peer has been silent too long.
+
+        A request starts the silence clock unless one is already running; only a
+        frame from the peer stops it (``_heard``).
+        """
+        now = anyio.current_time()
+        since = self._unanswered_since
+        if since is None:
+            if isinstance(message, _REQUESTS):
+                self._unanswered_since = now
+            return
+        silence = self._transport.silence_timeout
+        if now - since >= silence and now - self._attempt_at >= silence:
+            self._replace(f"no answer for {now - since:.2f}s", now, silent=True)
+
+    def _replace(self, why: str, now: float, *, silent: bool) -> None:
+        """Give up the current connection or connection attempt, and start a new one at once."""
+        stream = self._stream
+        scope = self._attempt_scope
+        if stream is not None and self._busy:
+            return  # a write is in progress on it: replace it at the next message
+        if stream is None and scope is None:
+            return  # waiting out a backoff (at most backoff_max): nothing to replace
+        self._transport._stats.silence_reconnects += 1
+        if silent:
+            self._set_state("silent", why)
+        if stream is not None:
+            self._forget(stream, why, quiet=not silent)
+            self._transport._task_group().start_soon(anyio.aclose_forcefully, stream)
+        elif scope is not None:
+            logger.debug(
+                "node %r: peer %r: connection attempt restarted: %s", self._transport.self_id, self._node_id, why
+            )
+            scope.cancel()
+        self._attempt_at = now  # at most one replacement per silence_timeout
+        self._retry_at = -math.inf
+        self._wake()
+
+    def _heard(self, now: float) -> None:
+        """A valid frame came from the peer (on any connection): it is up."""
+        since = self._unanswered_since
+        self._unanswered_since = None
+        if self._state == "silent":
+            self._set_state("connected" if self._stream is not None else "disconnected", "the peer answers again")
+        if (
+            since is not None
+            and now - since >= self._transport.silence_timeout
+            and (self._stream is None or self._connected_at <= since)
+        ):
+            # It was silent and is back: the first frame through heals this direction too.
+            self._replace("the peer answers again after a silence", now, silent=False)
         if self._stream is None and self._failures:
-            self._retry_at = -math.inf
+            self._retry_at = -math.inf  # it is up: stop waiting out the backoff
             self._wake()
 
     def _close(self) -> None:
@@ -372,11 +475,17 @@ class TcpNode:
         transport = self._transport
         stats = transport._stats
         stream: ByteStream | None = None
+        self._attempt_at = anyio.current_time()
+        self._attempt_scope = attempt = anyio.CancelScope()
         try:
             with anyio.fail_after(transport.connect_timeout):
-                raw = await anyio.connect_tcp(self.host, self.port)
+                with attempt:  # cancelled by _replace while the SYN may have been lost
+                    raw = await anyio.connect_tcp(self.host, self.port)
+                self._attempt_scope = None
+                if attempt.cancelled_caught:
+                    return False  # replaced: the next attempt starts at once, with no backoff
                 stream = raw
-                _tune_socket(raw)
+                _tune_socket(raw, transport.user_timeout)
                 if transport.client_ssl_context is not None:
                     stream = await TLSStream.wrap(
                         raw,
@@ -394,13 +503,17 @@ class TcpNode:
             self._retry_at = anyio.current_time() + delay * (0.5 + 0.5 * transport._rng.random())
             self._set_state("failing", f"cannot connect: {_describe(exc)}")
             return False
+        finally:
+            self._attempt_scope = None
         stats.connects += 1
         self._failures = 0
         self._retry_at = -math.inf
         self._stream = stream
+        self._connected_at = anyio.current_time()
         self._watch_scope = scope = anyio.CancelScope()
         transport._task_group().start_soon(self._watch, stream, scope)
-        self._set_state("connected", "")
+        # A silent peer stays "silent" until it answers (``_heard``), whatever connects meanwhile.
+        self._set_state("silent" if self._state == "silent" else "connected", "connected")
         return True
 
     async def _watch(self, stream: ByteStream, scope: anyio.CancelScope) -> None:
@@ -415,8 +528,11 @@ class TcpNode:
             if self._stream is stream:
                 await self._drop(stream, why)
 
-    def _forget(self, stream: ByteStream, why: str) -> bool:
-        """Stop using *stream* (if it is the current one); the caller closes it."""
+    def _forget(self, stream: ByteStream, why: str, *, quiet: bool = False) -> bool:
+        """Stop using *stream* (if it is the current one); the caller closes it.
+
+        *quiet*: the peer is fine (a stale connection is being replaced), log at DEBUG only.
+        """
         if self._stream is not stream:
             return False
         self._stream = None
@@ -424,7 +540,11 @@ class TcpNode:
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
-        self._set_state("failing" if self._queue else "disconnected", why)
+        if quiet:
+            self._state = "disconnected"
+            logger.debug("node %r: peer %r: connection replaced: %s", self._transport.self_id, self._node_id, why)
+        elif self._state != "silent":
+            self._set_state("failing" if self._queue else "disconnected", why)
         return True
 
     async def _drop(self, stream: ByteStream, why: str) -> None:
@@ -436,15 +556,16 @@ class TcpNode:
 
     def _set_state(self, state: str, why: str) -> None:
         old, self._state = self._state, state
-        if old == state:
-            logger.debug(
-                "node %r: peer %r at %s:%d: %s", self._transport.self_id, self._node_id, self.host, self.port, why
-            )
-            return
         me = self._transport.self_id
+        if old == state or (old in _TROUBLE and state in _TROUBLE):
+            # Logged once per change between trouble and health, not once per retry.
+            logger.debug("node %r: peer %r at %s:%d: %s", me, self._node_id, self.host, self.port, why)
+            return
         if state == "connected":
             if old == "failing":
                 logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
+            elif old == "silent":
+                logger.warning("node %r: peer %r at %s:%d answers again", me, self._node_id, self.host, self.port)
             else:
                 logger.debug("node %r: connected to peer %r at %s:%d", me, self._node_id, self.host, self.port)
         elif state == "failing":
@@ -456,10 +577,35 @@ class TcpNode:
                 self.port,
                 why,
             )
+        elif state == "silent":
+            logger.warning(
+                "node %r: peer %r at %s:%d does not answer (%s); reconnecting every %.2fs until it does, "
+                "logged again when it changes",
+                me,
+                self._node_id,
+                self.host,
+                self.port,
+                why,
+                self._transport.silence_timeout,
+            )
+        elif old == "silent":
+            logger.warning("node %r: peer %r at %s:%d answers again", me, self._node_id, self.host, self.port)
         else:
             logger.info(
                 "node %r: connection to peer %r at %s:%d ended: %s", me, self._node_id, self.host, self.port, why
             )
+
+
+def _check_count(name: str, value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_seconds(name: str, seconds: object) -> float:
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < math.inf):
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
 
 
 def _describe(exc: BaseException) -> str:
@@ -491,11 +637,28 @@ class TcpTransport:
         connect_timeout: bound on one connection attempt (with the TLS handshake).
         backoff_initial: the wait after the first failed attempt, in seconds;
             it doubles with each further failure ...
-        backoff_max: ... up to this; each wait is jittered to 50-100 %.
+        backoff_max: ... up to this (default ``min(1 s, 2T)``, at least
+            *backoff_initial*); each wait is jittered to 50-100 %.
         handshake_timeout: bound on an incoming TLS handshake.
-        max_connections: incoming connections open at once; more are closed.
+        max_connections: incoming connections open at once; at the limit the
+            least recently useful one that is not a live peer's is closed for
+            the newcomer, and when there is none the newcomer is closed.
         flush_timeout: on exit, how long queued frames may take to go out.
         rng: randomness for the jitter.
+        election_timeout: ``T``, the election timeout of the election this
+            transport carries (pass the same value to ``RaftElectionState.init``);
+            the defaults of the timeouts below derive from it.
+        user_timeout: ``TCP_USER_TIMEOUT`` of outgoing connections: data
+            unacknowledged this long closes the connection (default ``2T``).
+        silence_timeout: a peer that answers no request for this long gets a
+            new connection, at most once per this interval (default ``2T``); a
+            connection that carried a valid frame this recently is never evicted.
+        first_frame_timeout: an incoming connection must carry a valid frame
+            from a known peer within this (after the TLS handshake), or it is
+            closed (default ``max(1 s, 4T)``).
+        idle_timeout: ... and then one at least this often (default ``max(5 s, 20T)``).
+        max_connections_per_address: incoming connections open at once from one
+            address (an IPv6 /64); default a quarter of *max_connections*.
     """
 
     def __init__(
@@ -507,46 +670,71 @@ class TcpTransport:
         queue_size: int = 64,
         connect_timeout: float = 2.0,
         backoff_initial: float = 0.02,
-        backoff_max: float = 1.0,
+        backoff_max: float | None = None,
         handshake_timeout: float = 2.0,
         max_connections: int = 256,
         flush_timeout: float = 0.5,
         rng: random.Random | None = None,
+        election_timeout: float = 0.15,
+        user_timeout: float | None = None,
+        silence_timeout: float | None = None,
+        first_frame_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        max_connections_per_address: int | None = None,
     ) -> None:
         check_node_id(self_id, "self_id")
-        for name, value in (("queue_size", queue_size), ("max_connections", max_connections)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name, seconds in (
-            ("connect_timeout", connect_timeout),
-            ("backoff_initial", backoff_initial),
-            ("backoff_max", backoff_max),
-            ("handshake_timeout", handshake_timeout),
+        _check_count("queue_size", queue_size)
+        _check_count("max_connections", max_connections)
+        per_address = _check_count(
+            "max_connections_per_address",
+            max(1, max_connections // 4) if max_connections_per_address is None else max_connections_per_address,
+        )
+        _check_seconds("election_timeout", election_timeout)
+        T = float(election_timeout)
+        if backoff_max is None:
+            backoff_max = max(backoff_initial, min(1.0, 2 * T))
+        derived: dict[str, float] = {}
+        for name, seconds, default in (
+            ("connect_timeout", connect_timeout, connect_timeout),
+            ("backoff_initial", backoff_initial, backoff_initial),
+            ("backoff_max", backoff_max, backoff_max),
+            ("handshake_timeout", handshake_timeout, handshake_timeout),
+            ("user_timeout", user_timeout, 2 * T),
+            ("silence_timeout", silence_timeout, 2 * T),
+            ("first_frame_timeout", first_frame_timeout, max(1.0, 4 * T)),
+            ("idle_timeout", idle_timeout, max(5.0, 20 * T)),
         ):
-            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+            derived[name] = _check_seconds(name, default if seconds is None else seconds)
         if not (isinstance(flush_timeout, (int, float)) and 0 <= flush_timeout < math.inf):
             raise ValueError(f"flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
-        if backoff_max < backoff_initial:
+        if derived["backoff_max"] < derived["backoff_initial"]:
             raise ValueError("backoff_max must be >= backoff_initial")
         self.self_id = self_id
         self.server_ssl_context = server_ssl_context
         self.client_ssl_context = client_ssl_context
         self.queue_size = queue_size
-        self.connect_timeout = float(connect_timeout)
-        self.backoff_initial = float(backoff_initial)
-        self.backoff_max = float(backoff_max)
-        self.handshake_timeout = float(handshake_timeout)
+        self.connect_timeout = derived["connect_timeout"]
+        self.backoff_initial = derived["backoff_initial"]
+        self.backoff_max = derived["backoff_max"]
+        self.handshake_timeout = derived["handshake_timeout"]
         self.max_connections = max_connections
         self.flush_timeout = float(flush_timeout)
+        self.election_timeout = T
+        self.user_timeout = derived["user_timeout"]
+        self.silence_timeout = derived["silence_timeout"]
+        self.first_frame_timeout = derived["first_frame_timeout"]
+        self.idle_timeout = derived["idle_timeout"]
+        self.max_connections_per_address = per_address
         self._rng = rng if rng is not None else random.Random()
         self._stats = TcpStats()
         self._nodes: dict[NodeId, TcpNode] = {}
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._open_connections = 0
-        self._reject_log = _RateLimitedLog()
-        self._tls_log = _RateLimitedLog()
+        self._connections = ConnectionTable(max_connections, per_address, self.silence_timeout)
+        self._reject_log = RateLimitedLog()
+        self._tls_log = RateLimitedLog()
+        self._limit_log = RateLimitedLog()
+        self._timeout_log = RateLimitedLog()
 
     def __repr__(self) -> str:
         return f"<TcpTransport {self.self_id!r} peers={list(self._nodes)!r}>"
@@ -656,55 +844,118 @@ class TcpTransport:
                     logger.warning("node %r: accept failed: %s", self.self_id, _describe(exc))
                     await anyio.sleep(0.1)
                     continue
-                if self._open_connections >= self.max_connections:
-                    self._stats.connections_refused += 1
-                    self._reject_log.warning(
-                        "node %r: refused a connection, %d already open", self.self_id, self._open_connections
-                    )
+                conn = self._admit(stream)
+                if conn is None:
                     await anyio.aclose_forcefully(stream)
                     continue
-                self._open_connections += 1
                 self._stats.connections_accepted += 1
-                tg.start_soon(self._serve_connection, stream, control)
+                tg.start_soon(self._serve_connection, stream, conn, control)
+
+    def _admit(self, stream: SocketStream) -> Incoming | None:
+        """Make room for a new connection (``ConnectionTable.admit``), or refuse it (``None``)."""
+        try:
+            address = stream.extra(SocketAttribute.remote_address)
+        except (anyio.TypedAttributeLookupError, OSError):
+            address = "?"
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        remote = f"{address!r}"
+        key = address_key(host)
+        now = anyio.current_time()
+        conn = Incoming(key, remote, now)
+        table = self._connections
+        admitted, evicted = table.admit(conn, now)
+        for victim in evicted:
+            self._stats.connections_evicted += 1
+            self._limit_log.warning(
+                "node %r: closed an idle connection from %s to make room for one from %s "
+                "(%d open, %d from that address)",
+                self.self_id,
+                victim.remote,
+                remote,
+                len(table),
+                table.count(key),
+            )
+        if not admitted:
+            self._stats.connections_refused += 1
+            self._limit_log.warning(
+                "node %r: refused a connection from %s: %d open, %d from that address, none idle",
+                self.self_id,
+                remote,
+                len(table),
+                table.count(key),
+            )
+            return None
+        return conn
 
     async def _serve_connection(
-        self, raw: SocketStream, control: MemoryObjectSendStream[ControlMessage | Message]
+        self, raw: SocketStream, conn: Incoming, control: MemoryObjectSendStream[ControlMessage | Message]
     ) -> None:
         stats = self._stats
         stream: ByteStream = raw
-        try:
-            remote = f"{raw.extra(SocketAttribute.remote_address)!r}"
-        except (anyio.TypedAttributeLookupError, OSError):
-            remote = "?"
+        remote = conn.remote
         identities: frozenset[str] | None = None
         try:
-            if self.server_ssl_context is not None:
-                try:
-                    with anyio.fail_after(self.handshake_timeout):
-                        tls = await TLSStream.wrap(
-                            raw, server_side=True, ssl_context=self.server_ssl_context, standard_compatible=False
+            with conn.scope:  # cancelled when evicted
+                if self.server_ssl_context is not None:
+                    try:
+                        with anyio.fail_after(self.handshake_timeout):
+                            tls = await TLSStream.wrap(
+                                raw, server_side=True, ssl_context=self.server_ssl_context, standard_compatible=False
+                            )
+                    except (*_STREAM_ERRORS, TimeoutError) as exc:
+                        stats.tls_handshake_failures += 1
+                        self._tls_log.warning(
+                            "node %r: TLS handshake with %s failed: %s", self.self_id, remote, _describe(exc)
                         )
-                except (*_STREAM_ERRORS, TimeoutError) as exc:
-                    stats.tls_handshake_failures += 1
-                    self._tls_log.warning(
-                        "node %r: TLS handshake with %s failed: %s", self.self_id, remote, _describe(exc)
-                    )
-                    return
-                stream = tls
-                identities = certificate_identities(tls.extra(TLSAttribute.peer_certificate))
-            await self._read_frames(stream, control, remote, identities)
+                        return
+                    stream = tls
+                    identities = certificate_identities(tls.extra(TLSAttribute.peer_certificate))
+                # The deadline for the next valid frame: the first one soon, then one per idle_timeout.
+                with anyio.CancelScope(deadline=anyio.current_time() + self.first_frame_timeout) as timer:
+                    await self._read_frames(stream, control, conn, identities, timer)
+                if timer.cancelled_caught:
+                    self._timed_out(conn)
         finally:
-            self._open_connections -= 1
+            self._connections.remove(conn)
             await anyio.aclose_forcefully(stream)
+
+    def _timed_out(self, conn: Incoming) -> None:
+        if conn.useful:
+            # Normal for a follower's connection to another follower between elections:
+            # it is opened again when needed.
+            self._stats.idle_timeouts += 1
+            logger.debug(
+                "node %r: closed the connection from %s: no valid frame for %.1fs",
+                self.self_id,
+                conn.remote,
+                self.idle_timeout,
+            )
+        else:
+            self._stats.first_frame_timeouts += 1
+            self._timeout_log.warning(
+                "node %r: closed the connection from %s: no valid frame within %.1fs of connecting (%d bytes pending)",
+                self.self_id,
+                conn.remote,
+                self.first_frame_timeout,
+                conn.pending,
+            )
 
     async def _read_frames(
         self,
         stream: ByteStream,
         control: MemoryObjectSendStream[ControlMessage | Message],
-        remote: str,
+        conn: Incoming,
         identities: frozenset[str] | None,
+        timer: anyio.CancelScope,
     ) -> None:
+        """Read and deliver frames until the connection ends.
+
+        Each valid frame from a known peer moves *timer*'s deadline to
+        ``idle_timeout`` ahead; ``conn.pending`` counts the bytes of an
+        unfinished frame.
+        """
         stats = self._stats
+        remote = conn.remote
         reader = FrameReader()
         warned_mismatch = False
         while True:
@@ -721,6 +972,7 @@ class TcpTransport:
                     )
                 return
             reader.feed(data)
+            now = anyio.current_time()
             while True:
                 try:
                     item = reader.next()
@@ -730,6 +982,7 @@ class TcpTransport:
                     self._reject_log.warning("node %r: closing connection from %s: %s", self.self_id, remote, exc)
                     return
                 if item is None:
+                    conn.pending = reader.pending
                     break
                 if isinstance(item, WireError):
                     stats.frames_rejected += 1
@@ -740,7 +993,7 @@ class TcpTransport:
                     stats.identity_mismatches += 1
                     if not warned_mismatch:
                         warned_mismatch = True
-                        logger.warning(
+                        self._reject_log.warning(
                             "node %r: dropping messages from %s claiming sender %r; its certificate names %s",
                             self.self_id,
                             remote,
@@ -751,7 +1004,11 @@ class TcpTransport:
                 stats.frames_received += 1
                 node = self._nodes.get(sender)
                 if node is not None:
-                    node._poke()
+                    # Only a known peer's frame keeps a connection open and protected.
+                    conn.useful = True
+                    conn.useful_at = now
+                    timer.deadline = now + self.idle_timeout
+                    node._heard(now)
                 try:
                     control.send_nowait(item)
                 except anyio.WouldBlock:
