@@ -56,19 +56,19 @@ class Incoming:
         remote: the peer address, for logs.
         useful_at: when it was accepted, then when it last carried a valid frame from a known peer.
         useful: whether it has carried such a frame.
-        scope: cancelled to evict it.
+        scope: cancelled to evict it (set by the listener).
         pending: bytes of an unfinished frame received so far (for logs).
     """
 
     __slots__ = ("key", "pending", "remote", "scope", "useful", "useful_at")
 
-    def __init__(self, key: str, remote: str, now: float) -> None:
+    def __init__(self, key: str, remote: str, now: float, scope: anyio.CancelScope | None = None) -> None:
         self.key = key
         self.remote = remote
         self.useful_at = now
         self.useful = False
         self.pending = 0
-        self.scope = anyio.CancelScope()
+        self.scope = scope
 
 
 @final
@@ -111,7 +111,8 @@ class ConnectionTable:
                 if victim is None:
                     return False, evicted
                 self.remove(victim)
-                victim.scope.cancel()
+                if victim.scope is not None:
+                    victim.scope.cancel()
                 evicted.append(victim)
         self._all.add(conn)
         self._by_key.setdefault(conn.key, set()).add(conn)

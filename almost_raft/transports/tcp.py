@@ -861,7 +861,7 @@ class TcpTransport:
         remote = f"{address!r}"
         key = address_key(host)
         now = anyio.current_time()
-        conn = Incoming(key, remote, now)
+        conn = Incoming(key, remote, now, anyio.CancelScope())
         table = self._connections
         admitted, evicted = table.admit(conn, now)
         for victim in evicted:
@@ -895,6 +895,7 @@ class TcpTransport:
         remote = conn.remote
         identities: frozenset[str] | None = None
         try:
+            assert conn.scope is not None
             with conn.scope:  # cancelled when evicted
                 if self.server_ssl_context is not None:
                     try:
