@@ -198,7 +198,7 @@ async def test_a_live_peer_is_never_evicted_by_a_crowd_from_its_own_address() ->
         a.node("b", "127.0.0.1", port_b)
         await a.listen("127.0.0.1", port_a, send)
         to_a = b.node("a", "127.0.0.1", port_a)
-        received: list[Message] = []
+        received: list[ControlMessage | Message] = []
 
         async def beat() -> None:
             seq = 0
