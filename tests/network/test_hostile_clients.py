@@ -58,7 +58,10 @@ class Crowd:
         sources: local addresses to connect from, in turn.
         trickle: send one byte of this every *interval* on every connection (``None``: stay idle).
         half_open: make each connection vanish right after connecting, without FIN or RST
-            (``TCP_REPAIR``), so the listener holds a connection whose client is gone.
+            (``TCP_REPAIR``), so the listener holds a connection whose client is gone; then
+            a new wave of *count* every *interval*, each wave from the next of *sources*
+            (from one address, a new connection could reuse a vanished one's port, and the
+            listener's kernel would then reset the old connection).
         interval: between two trickled bytes, and the pause before reopening a closed connection.
     """
 
@@ -93,7 +96,8 @@ class Crowd:
         self._thread.join(10)
 
     def _open(self, slot: int) -> socket.socket | None:
-        source = self.sources[slot % len(self.sources)]
+        turn = self.opened // self.count if self.half_open else slot
+        source = self.sources[turn % len(self.sources)]
         try:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5, source_address=(source, 0))
         except OSError:
@@ -127,8 +131,6 @@ class Crowd:
                             selector.register(sock, selectors.EVENT_READ, slot)
                         elif not self.half_open:
                             reopen_at[slot] = now + self.interval
-                if self.half_open and not reopen_at:
-                    reopen_at = dict.fromkeys(range(self.count), now + self.interval)  # the next wave
                 if self.trickle is not None and now >= next_drip:
                     next_drip = now + self.interval
                     for slot, sock in open_socks.items():
@@ -136,6 +138,8 @@ class Crowd:
                         positions[slot] = sent + 1
                         with contextlib.suppress(OSError):
                             sock.send(self.trickle[sent % len(self.trickle) : sent % len(self.trickle) + 1])
+                if self.half_open and not reopen_at:
+                    reopen_at = dict.fromkeys(range(self.count), now + self.interval)  # the next wave
                 for key, _ in selector.select(timeout=0.02):
                     slot = key.data
                     sock = open_socks.pop(slot)
@@ -252,5 +256,6 @@ def test_half_open_clients_cannot_hold_connections(cluster_on: Callable[[str], P
     cluster = cluster_on("asyncio")
     # Waves of clients that connect and vanish without a FIN: the kernel keeps the
     # listener's side open, and nothing will ever arrive on it.
-    crowd = Crowd(cluster["a"].port, 100, sources=["127.0.0.3"], half_open=True)
-    survive(cluster, crowd, lambda: crowd.opened >= 3 * 100)
+    sources = [f"127.0.0.{i}" for i in range(10, 70)]
+    crowd = Crowd(cluster["a"].port, 100, sources=sources, half_open=True)
+    survive(cluster, crowd, lambda: crowd.opened >= CROWD)
