@@ -83,7 +83,17 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream,
 from anyio.streams.memory import MemoryObjectSendStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from .._messages import ControlMessage, Heartbeat, Message, NodeId, RequestVote, TimeoutNow, check_node_id
+from .._messages import (
+    ControlMessage,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    NodeId,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+    check_node_id,
+)
 from ._tcp_guard import ConnectionTable, Incoming, RateLimitedLog, address_key
 from ._wire import FrameReader, WireError, encode_message, node_id_text
 
@@ -98,9 +108,12 @@ _STREAM_ERRORS: Final = (
     OSError,
     ssl.SSLError,
 )
-_TROUBLE: Final = frozenset({"failing", "silent"})
+_SILENCE_REPORTED_AFTER: Final = 1.0
+"""A peer silent this long (or 4 x ``silence_timeout``) is reported; shorter silences only at DEBUG."""
 _REQUESTS: Final = (RequestVote, Heartbeat, TimeoutNow)
 """The messages a live peer answers (``TimeoutNow`` with a ``RequestVote``): they start the silence clock."""
+_ANSWERS: Final = (VoteResponse, HeartbeatResponse)
+"""The answers, which stop it (with a ``RequestVote`` flagged as a transfer)."""
 
 
 @final
@@ -253,7 +266,8 @@ class TcpNode:
         self._done: anyio.Event | None = None
         self._failures = 0
         self._retry_at = -math.inf
-        self._state = "new"  # new | connected | disconnected | failing | silent | closed
+        self._state = "new"  # new | connected | disconnected | failing | closed (for repr and logs)
+        self._trouble = False  # "unreachable" or "does not answer" was logged; "reachable again" not yet
         # Silence (see the module documentation): when our oldest unanswered request
         # went out, when the current connection or attempt began, and the attempt's
         # scope while it is still in its TCP phase (a lost SYN is worth retrying).
@@ -261,6 +275,7 @@ class TcpNode:
         self._attempt_at = -math.inf
         self._connected_at = -math.inf
         self._attempt_scope: anyio.CancelScope | None = None
+        self._heard_at = -math.inf  # the last valid frame from the peer, on any connection
 
     def __repr__(self) -> str:
         return f"TcpNode({self._node_id!r}, {self.host}:{self.port}, {self._state})"
@@ -355,11 +370,18 @@ class TcpNode:
             if isinstance(message, _REQUESTS):
                 self._unanswered_since = now
             return
-        silence = self._transport.silence_timeout
+        transport = self._transport
+        silence = transport.silence_timeout
         if now - since >= silence and now - self._attempt_at >= silence:
-            self._replace(f"no answer for {now - since:.2f}s", now, silent=True)
+            self._replace(f"no answer for {now - since:.2f}s", now)
+        if not self._trouble and now - since >= max(_SILENCE_REPORTED_AFTER, 4 * silence):
+            self._report_trouble(
+                "does not answer (no answer for %.2fs); reconnecting every %.2fs until it does",
+                now - since,
+                silence,
+            )
 
-    def _replace(self, why: str, now: float, *, silent: bool) -> None:
+    def _replace(self, why: str, now: float) -> None:
         """Give up the current connection or connection attempt, and start a new one at once."""
         stream = self._stream
         scope = self._attempt_scope
@@ -368,33 +390,33 @@ class TcpNode:
         if stream is None and scope is None:
             return  # waiting out a backoff (at most backoff_max): nothing to replace
         self._transport._stats.silence_reconnects += 1
-        if silent:
-            self._set_state("silent", why)
+        logger.debug("node %r: peer %r: connection replaced: %s", self._transport.self_id, self._node_id, why)
         if stream is not None:
-            self._forget(stream, why, quiet=not silent)
+            self._forget(stream, why, quiet=True)
             self._transport._task_group().start_soon(anyio.aclose_forcefully, stream)
         elif scope is not None:
-            logger.debug(
-                "node %r: peer %r: connection attempt restarted: %s", self._transport.self_id, self._node_id, why
-            )
             scope.cancel()
         self._attempt_at = now  # at most one replacement per silence_timeout
         self._retry_at = -math.inf
         self._wake()
 
-    def _heard(self, now: float) -> None:
-        """A valid frame came from the peer (on any connection): it is up."""
+    def _heard(self, message: Message, now: float) -> None:
+        """A valid frame came from the peer (on any connection).
+
+        Any frame shows that the peer is up: there is no point waiting out a
+        backoff, and if nothing at all had come from it for ``silence_timeout``
+        (a partition just healed), a connection or attempt that carried our
+        unanswered requests is replaced at once.  Only an answer shows that our
+        own frames reach it, and stops the silence clock.
+        """
+        back = now - self._heard_at >= self._transport.silence_timeout
+        self._heard_at = now
         since = self._unanswered_since
-        self._unanswered_since = None
-        if self._state == "silent":
-            self._set_state("connected" if self._stream is not None else "disconnected", "the peer answers again")
-        if (
-            since is not None
-            and now - since >= self._transport.silence_timeout
-            and (self._stream is None or self._connected_at <= since)
-        ):
-            # It was silent and is back: the first frame through heals this direction too.
-            self._replace("the peer answers again after a silence", now, silent=False)
+        if isinstance(message, _ANSWERS) or (isinstance(message, RequestVote) and message.transfer):
+            self._unanswered_since = None
+            self._report_recovery()
+        if back and since is not None and (self._stream is None or self._connected_at <= since):
+            self._replace("the peer is heard again after a silence", now)
         if self._stream is None and self._failures:
             self._retry_at = -math.inf  # it is up: stop waiting out the backoff
             self._wake()
@@ -501,7 +523,8 @@ class TcpNode:
             # Capped exponential backoff, with jitter so that peers do not retry in step.
             delay = min(transport.backoff_max, transport.backoff_initial * 2 ** (self._failures - 1))
             self._retry_at = anyio.current_time() + delay * (0.5 + 0.5 * transport._rng.random())
-            self._set_state("failing", f"cannot connect: {_describe(exc)}")
+            self._state = "failing"
+            self._report_trouble("unreachable (cannot connect: %s); retrying with backoff", _describe(exc))
             return False
         finally:
             self._attempt_scope = None
@@ -512,8 +535,11 @@ class TcpNode:
         self._connected_at = anyio.current_time()
         self._watch_scope = scope = anyio.CancelScope()
         transport._task_group().start_soon(self._watch, stream, scope)
-        # A silent peer stays "silent" until it answers (``_heard``), whatever connects meanwhile.
-        self._set_state("silent" if self._state == "silent" else "connected", "connected")
+        self._state = "connected"
+        if self._unanswered_since is None:
+            self._report_recovery()
+        # else: it is back when it answers (``_heard``), not merely when it accepts a connection.
+        logger.debug("node %r: connected to peer %r at %s:%d", transport.self_id, self._node_id, self.host, self.port)
         return True
 
     async def _watch(self, stream: ByteStream, scope: anyio.CancelScope) -> None:
@@ -540,11 +566,18 @@ class TcpNode:
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
-        if quiet:
-            self._state = "disconnected"
-            logger.debug("node %r: peer %r: connection replaced: %s", self._transport.self_id, self._node_id, why)
-        elif self._state != "silent":
-            self._set_state("failing" if self._queue else "disconnected", why)
+        self._state = "disconnected"
+        if quiet or self._trouble:
+            logger.debug("node %r: peer %r: connection closed: %s", self._transport.self_id, self._node_id, why)
+        else:
+            logger.info(
+                "node %r: connection to peer %r at %s:%d ended: %s",
+                self._transport.self_id,
+                self._node_id,
+                self.host,
+                self.port,
+                why,
+            )
         return True
 
     async def _drop(self, stream: ByteStream, why: str) -> None:
@@ -554,46 +587,27 @@ class TcpNode:
         await anyio.aclose_forcefully(stream)
         self._wake()
 
-    def _set_state(self, state: str, why: str) -> None:
-        old, self._state = self._state, state
+    def _report_trouble(self, what: str, *args: object) -> None:
+        """Log once that the peer is unreachable or silent; the rest goes to DEBUG until it recovers."""
         me = self._transport.self_id
-        if old == state or (old in _TROUBLE and state in _TROUBLE):
-            # Logged once per change between trouble and health, not once per retry.
-            logger.debug("node %r: peer %r at %s:%d: %s", me, self._node_id, self.host, self.port, why)
+        if self._trouble:
+            logger.debug("node %r: peer %r at %s:%d " + what, me, self._node_id, self.host, self.port, *args)
             return
-        if state == "connected":
-            if old == "failing":
-                logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
-            elif old == "silent":
-                logger.warning("node %r: peer %r at %s:%d answers again", me, self._node_id, self.host, self.port)
-            else:
-                logger.debug("node %r: connected to peer %r at %s:%d", me, self._node_id, self.host, self.port)
-        elif state == "failing":
-            logger.warning(
-                "node %r: peer %r at %s:%d unreachable (%s); retrying with backoff, logged again when it changes",
-                me,
-                self._node_id,
-                self.host,
-                self.port,
-                why,
-            )
-        elif state == "silent":
-            logger.warning(
-                "node %r: peer %r at %s:%d does not answer (%s); reconnecting every %.2fs until it does, "
-                "logged again when it changes",
-                me,
-                self._node_id,
-                self.host,
-                self.port,
-                why,
-                self._transport.silence_timeout,
-            )
-        elif old == "silent":
-            logger.warning("node %r: peer %r at %s:%d answers again", me, self._node_id, self.host, self.port)
-        else:
-            logger.info(
-                "node %r: connection to peer %r at %s:%d ended: %s", me, self._node_id, self.host, self.port, why
-            )
+        self._trouble = True
+        logger.warning(
+            "node %r: peer %r at %s:%d " + what + ", logged again when it changes",
+            me,
+            self._node_id,
+            self.host,
+            self.port,
+            *args,
+        )
+
+    def _report_recovery(self) -> None:
+        if self._trouble:
+            self._trouble = False
+            me = self._transport.self_id
+            logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
 
 
 def _check_count(name: str, value: object) -> int:
@@ -692,7 +706,7 @@ class TcpTransport:
         _check_seconds("election_timeout", election_timeout)
         T = float(election_timeout)
         if backoff_max is None:
-            backoff_max = max(backoff_initial, min(1.0, 2 * T))
+            backoff_max = max(backoff_initial, min(1.0, T))
         derived: dict[str, float] = {}
         for name, seconds, default in (
             ("connect_timeout", connect_timeout, connect_timeout),
@@ -700,7 +714,7 @@ class TcpTransport:
             ("backoff_max", backoff_max, backoff_max),
             ("handshake_timeout", handshake_timeout, handshake_timeout),
             ("user_timeout", user_timeout, 2 * T),
-            ("silence_timeout", silence_timeout, 2 * T),
+            ("silence_timeout", silence_timeout, T),
             ("first_frame_timeout", first_frame_timeout, max(1.0, 4 * T)),
             ("idle_timeout", idle_timeout, max(5.0, 20 * T)),
         ):
@@ -1009,7 +1023,7 @@ class TcpTransport:
                     conn.useful = True
                     conn.useful_at = now
                     timer.deadline = now + self.idle_timeout
-                    node._heard(now)
+                    node._heard(item, now)
                 try:
                     control.send_nowait(item)
                 except anyio.WouldBlock:
