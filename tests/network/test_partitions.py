@@ -137,3 +137,11 @@ def test_a_minority_with_the_leader_cannot_elect_and_rejoins(cluster: ProcCluste
         claims = {(r["term"], r["leader_id"]) for r in records if r["term"] > term and r["leader_id"] is not None}
         assert all(leader_id in majority for _, leader_id in claims), (node_id, claims)
     assert_safe(cluster)
+
+
+def test_without_the_rights_the_reason_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert unavailable() == "needs the 'ip' command (iproute2) to build network namespaces"
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert unavailable() == "needs root to build network namespaces (ip netns add)"

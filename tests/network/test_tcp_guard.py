@@ -8,6 +8,7 @@ eviction), and a connection that swallows frames must be replaced
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 
@@ -371,3 +372,36 @@ async def test_answers_never_start_the_silence_clock() -> None:
         assert a.stats().connects == 2
         assert a.stats().silence_reconnects == 1
         assert a.stats().messages_dropped == 0
+
+
+async def test_a_silent_peer_is_reported_once_and_its_answer_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Silence is logged once it lasts 1 s (shorter ones only at DEBUG), and the return once, whatever the retries."""
+    port_b = free_ports(1)[0]
+    port_a = free_ports(1)[0]
+    send_a, receive_a = control()
+    send_b, receive_b = control()
+    caplog.set_level(logging.WARNING, logger="almost_raft")
+    async with (
+        send_a,
+        receive_a,
+        send_b,
+        receive_b,
+        TcpTransport("a", election_timeout=0.05) as a,
+        TcpTransport("b") as b,
+    ):
+        await a.listen("127.0.0.1", port_a, send_a)
+        await b.listen("127.0.0.1", port_b, send_b)
+        to_b = a.node("b", "127.0.0.1", port_b)
+        to_a = b.node("a", "127.0.0.1", port_a)
+        with anyio.fail_after(5):
+            while a.stats().silence_reconnects < 10 or not caplog.records:  # b never answers: ~1.2 s
+                await to_b.send_message(Heartbeat(1, "a", 1))
+                await anyio.sleep(0.01)
+        await to_a.send_message(HeartbeatResponse(1, "b", True, 1))  # b answers at last
+        with anyio.fail_after(5):
+            while len(caplog.records) < 2:  # noqa: ASYNC110 - a log record has no event to wait for
+                await anyio.sleep(0.01)
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2, messages
+        assert "does not answer" in messages[0]
+        assert "reachable again" in messages[1]
