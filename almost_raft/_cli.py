@@ -10,38 +10,68 @@ Each leader change is printed on stdout (one JSON object per line with
 ``--json``).  SIGTERM or Ctrl-C stops the node; a leader first hands
 leadership over.  SIGUSR1 asks a leader to hand leadership over and go on as
 a follower.
+
+Every error is one line on stderr with a documented exit status (``EXIT_CODES``,
+shown by ``--help``): 2 for anything that keeps the node from starting, 3 when
+the term or vote cannot be saved while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import json
 import logging
 import random
+import re
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import NoReturn, TextIO
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._cli_ops import OpsOptions, add_arguments, check_arguments, split_exec
+from ._cli_ops import run as run_ops
+from ._config import make_config
 from ._driver import raft_election
+from ._errors import leaf_exceptions
 from ._messages import ControlMessage, LeaderChanged, Message, NodeId, RemoveNode, TransferLeadership
+from ._protocols import HardState
 from ._state import RaftElectionState
 from ._storage import FileStorage
 from .transports.tcp import TcpTransport, make_tls_contexts
 
 logger = logging.getLogger("almost_raft")
 
+# The options of make_config that the command line names --like-this.
+_OPTION_NAMES = re.compile(
+    r"\b(election_timeout_max|election_timeout|heartbeat_interval|message_timeout|min_nodes|max_nodes)\b"
+)
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_STORAGE = 3
+
+USAGE = "python -m almost_raft --id ID --listen HOST:PORT [--peer ID=HOST:PORT ...] [options]"
+
+EXIT_CODES = f"""\
+exit status:
+  {EXIT_OK}    stopped normally (SIGTERM, Ctrl-C)
+  {EXIT_FAILURE}    an unexpected error (a bug: please report it with the traceback)
+  {EXIT_USAGE}    could not start: bad arguments, a storage file that cannot be read or written,
+       an address that cannot be listened on, TLS files that cannot be loaded (one line on stderr)
+  {EXIT_STORAGE}    the term or vote could not be saved while running (full disk, read-only file
+       system, ...): the node stopped before sending anything that depended on it
+  130  interrupted before the node started
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +95,7 @@ class Options:
     backend: str
     seed: int | None
     log_level: str
+    ops: OpsOptions = field(default_factory=OpsOptions)  # --exec, --status-listen, ... (_cli_ops)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -133,12 +164,28 @@ def _count(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are the one usage line and the error, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"usage: {self.usage}\n{self.prog}: error: {message}\n")
+
+
+def _fail_at_start(message: str) -> int:
+    """Print a one-line error about the start of the node; return the exit status for it."""
+    print(f"almost_raft: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m almost_raft``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m almost_raft",
+        usage=USAGE,
         description="Run one almost_raft node over TCP and print each leader change. "
         "SIGTERM or Ctrl-C stops it (a leader hands over first); SIGUSR1 makes a leader hand over.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--id", required=True, dest="node_id", help="this node's id")
     parser.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="address to listen on")
@@ -179,13 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level"
     )
+    add_arguments(parser, _seconds, _address)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse and check the command line; exit with status 2 and a clear message when it is wrong."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    args, command = split_exec(sys.argv[1:] if argv is None else argv)
+    ns = parser.parse_args(args)
     node_id: str = ns.node_id
     if not node_id:
         parser.error("--id must not be empty")
@@ -196,13 +245,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         if peer_id in seen:
             parser.error(f"--peer {peer_id}=... is given twice: duplicate node id {peer_id!r}")
         seen.add(peer_id)
-    timeout: float = ns.election_timeout
-    timeout_max: float | None = ns.election_timeout_max
-    if timeout_max is not None and timeout_max < timeout:
-        parser.error(f"--election-timeout-max ({timeout_max}) must be >= --election-timeout ({timeout})")
-    heartbeat: float = ns.heartbeat_interval if ns.heartbeat_interval is not None else timeout / 3
-    if heartbeat > timeout / 2:
-        parser.error(f"--heartbeat-interval ({heartbeat}) must be at most half of --election-timeout ({timeout})")
     size = len(ns.peers) + 1
     min_nodes: int = ns.min_nodes if ns.min_nodes is not None else size
     max_nodes: int = max(ns.max_nodes, size) if ns.max_nodes == 1024 else ns.max_nodes
@@ -210,6 +252,24 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"{size} nodes exceed --max-nodes {max_nodes}")
     if min_nodes > max_nodes:
         parser.error(f"--min-nodes ({min_nodes}) exceeds --max-nodes ({max_nodes})")
+    # The same checks and defaults as RaftElectionState.init (heartbeat T/3,
+    # message timeout = heartbeat).  Its unit warning comes from init, once
+    # logging is set up.
+    try:
+        config = make_config(
+            node_id,
+            election_timeout=ns.election_timeout,
+            election_timeout_max=ns.election_timeout_max,
+            heartbeat_interval=ns.heartbeat_interval,
+            message_timeout=ns.message_timeout,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            peer_ids=[peer_id for peer_id, _, _ in ns.peers],
+            warn=False,
+        )
+    except ValueError as exc:
+        parser.error(_OPTION_NAMES.sub(lambda m: "--" + m.group(0).replace("_", "-"), str(exc)))
+    assert config.message_timeout is not None
     tls = (ns.tls_cert, ns.tls_key, ns.tls_ca)
     if any(tls) and not all(tls):
         parser.error("TLS needs all of --tls-cert, --tls-key and --tls-ca")
@@ -222,10 +282,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         node_id=node_id,
         listen=ns.listen,
         peers=tuple(ns.peers),
-        election_timeout=timeout,
-        election_timeout_max=timeout_max,
-        heartbeat_interval=heartbeat,
-        message_timeout=ns.message_timeout if ns.message_timeout is not None else heartbeat,
+        election_timeout=config.election_timeout,
+        election_timeout_max=ns.election_timeout_max,
+        heartbeat_interval=config.heartbeat_interval,
+        message_timeout=config.message_timeout,
         min_nodes=min_nodes,
         max_nodes=max_nodes,
         storage=ns.storage,
@@ -236,6 +296,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         backend=ns.backend,
         seed=ns.seed,
         log_level=ns.log_level,
+        ops=check_arguments(
+            parser, ns, command, election_timeout=config.election_timeout, heartbeat_interval=config.heartbeat_interval
+        ),
     )
 
 
@@ -300,18 +363,82 @@ async def _watch_signals(
                 return
 
 
+class _WatchedStorage:
+    """A ``FileStorage`` that remembers a save that failed, so the CLI can report it as what it is."""
+
+    __slots__ = ("failed", "inner")
+
+    def __init__(self, inner: FileStorage) -> None:
+        self.inner = inner
+        self.failed: tuple[HardState, OSError] | None = None
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    async def load(self) -> HardState | None:
+        return await self.inner.load()
+
+    async def save(self, hard_state: HardState) -> None:
+        try:
+            await self.inner.save(hard_state)
+        except OSError as exc:
+            self.failed = (hard_state, exc)
+            raise
+
+
+def _start_failure(exc: BaseException) -> ValueError | OSError | None:
+    """The storage error that *exc* is (or wraps alone), or ``None`` for anything else."""
+    leaves = leaf_exceptions(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], (ValueError, OSError)):
+        return leaves[0]
+    return None
+
+
+def _report_failed_save(node_id: str, storage: _WatchedStorage) -> str:
+    """Log the one ERROR line about a failed save; return the reason for the ``stopped`` line."""
+    assert storage.failed is not None
+    hard_state, exc = storage.failed
+    code = errno.errorcode.get(exc.errno or 0, "no errno")
+    reason = f"cannot save the state to {storage.inner.path}: [Errno {exc.errno} {code}] {exc.strerror or exc}"
+    logger.error(
+        "node %r term %d: %s; stopped before sending anything that depends on it", node_id, hard_state.term, reason
+    )
+    return reason
+
+
+def _load_tls(cert: str, key: str, ca: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """``make_tls_contexts``, with an error that names the file at fault.
+
+    Raises:
+        ValueError: a file cannot be read, or the files are not a certificate, its key and a CA.
+    """
+    files = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    for flag, path in files.items():
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+    try:
+        return make_tls_contexts(cert, key, ca)
+    except (OSError, ssl.SSLError) as exc:
+        given = ", ".join(f"{flag} {path}" for flag, path in files.items())
+        raise ValueError(f"cannot load the TLS files ({given}): {exc}") from None
+
+
 async def run_node(opts: Options, out: TextIO = sys.stdout) -> int:
     """Run the node described by *opts* until it is stopped; return the exit status."""
     printer = _Printer(opts, out)
+    if opts.ops.wanted:
+        return await run_ops(opts, printer)
     server_ctx: ssl.SSLContext | None = None
     client_ctx: ssl.SSLContext | None = None
     if opts.tls_cert and opts.tls_key and opts.tls_ca:
         try:
-            server_ctx, client_ctx = make_tls_contexts(opts.tls_cert, opts.tls_key, opts.tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            print(f"almost_raft: error: cannot load the TLS files: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-    storage = FileStorage(opts.storage) if opts.storage else None
+            server_ctx, client_ctx = _load_tls(opts.tls_cert, opts.tls_key, opts.tls_ca)
+        except ValueError as exc:
+            return _fail_at_start(str(exc))
+    storage = _WatchedStorage(FileStorage(opts.storage)) if opts.storage else None
     transport = TcpTransport(
         opts.node_id,
         server_ssl_context=server_ctx,
@@ -319,40 +446,53 @@ async def run_node(opts: Options, out: TextIO = sys.stdout) -> int:
         flush_timeout=max(opts.message_timeout, 0.1),
         election_timeout=opts.election_timeout,
     )
+    failure: str | None = None
     async with transport:
         nodes = [transport.node(peer_id, host, port) for peer_id, host, port in opts.peers]
-        state, control = RaftElectionState.init(
-            opts.node_id,
-            election_timeout=opts.election_timeout,
-            election_timeout_max=opts.election_timeout_max,
-            heartbeat_interval=opts.heartbeat_interval,
-            message_timeout=opts.message_timeout,
-            nodes=nodes,
-            min_nodes=opts.min_nodes,
-            max_nodes=opts.max_nodes,
-            storage=storage,
-            rng=random.Random(opts.seed),
-        )
+        try:
+            state, control = RaftElectionState.init(
+                opts.node_id,
+                election_timeout=opts.election_timeout,
+                election_timeout_max=opts.election_timeout_max,
+                heartbeat_interval=opts.heartbeat_interval,
+                message_timeout=opts.message_timeout,
+                nodes=nodes,
+                min_nodes=opts.min_nodes,
+                max_nodes=opts.max_nodes,
+                storage=storage,
+                rng=random.Random(opts.seed),
+            )
+        except (TypeError, ValueError) as exc:
+            return _fail_at_start(str(exc))
         async with control:
             host, port = opts.listen
             try:
                 await transport.listen(host, port, control)
             except OSError as exc:
-                print(f"almost_raft: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-                return EXIT_FAILURE
-            async with anyio.create_task_group() as tg:
-                await tg.start(_watch_signals, control, opts.node_id, tg.cancel_scope)
-                try:
-                    await tg.start(raft_election, state)
-                except (ValueError, OSError) as exc:
-                    print(f"almost_raft: error: cannot load {opts.storage}: {exc}", file=sys.stderr)
+                return _fail_at_start(f"cannot listen on {host}:{port}: {exc}")
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(_watch_signals, control, opts.node_id, tg.cancel_scope)
+                    try:
+                        await tg.start(raft_election, state)
+                    except BaseException as exc:
+                        # raft_election raises the load error itself; a group is unwrapped too.
+                        error = _start_failure(exc)
+                        if error is None:
+                            raise
+                        tg.cancel_scope.cancel()
+                        return _fail_at_start(f"--storage: {error}")
+                    # The first line is the view at start (the saved term, no leader yet).
+                    with state.subscribe(buffer=256) as events:
+                        async for event in events:
+                            printer.change(event)
                     tg.cancel_scope.cancel()
-                    return EXIT_FAILURE
-                # The first line is the view at start (the saved term, no leader yet).
-                with state.subscribe(buffer=256) as events:
-                    async for event in events:
-                        printer.change(event)
-                tg.cancel_scope.cancel()
+            except BaseException:
+                # A save that failed ends the election (it never votes without
+                # durable state): one ERROR line and the stopped line, no traceback.
+                if storage is None or storage.failed is None:
+                    raise
+                failure = _report_failed_save(opts.node_id, storage)
     status = state.status().as_dict()
     stats = transport.stats().as_dict()
     printer.write(
@@ -362,12 +502,14 @@ async def run_node(opts: Options, out: TextIO = sys.stdout) -> int:
             "term": state.term,
             "leader_id": None,
             "monotonic": time.monotonic(),
+            "reason": "storage_failed" if failure else "stopped",
+            "error": failure,
             "status": status,
             "transport": stats,
         },
-        f"{opts.node_id}: stopped at term {status['term']}",
+        f"{opts.node_id}: stopped at term {status['term']}" + (f": {failure}" if failure else ""),
     )
-    return EXIT_OK
+    return EXIT_STORAGE if failure else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,6 +520,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not opts.peers:
+        if opts.min_nodes <= 1:
+            why = "it is a cluster of one and leads alone"
+        else:
+            why = f"with --min-nodes {opts.min_nodes} it can never elect a leader"
+        print(
+            f"almost_raft: warning: no --peer given: {why} (give --peer ID=HOST:PORT for each other node)",
+            file=sys.stderr,
+        )
     try:
         return anyio.run(run_node, opts, backend=opts.backend)
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed

@@ -22,8 +22,24 @@ sections 3.10, 6.2, 6.4 and 9.6)::
     LEADER --higher term seen / no quorum of acks within T--> FOLLOWER
     any --RemoveNode(self) or shutdown--> TERMINATED (a leader hands over first)
 
+Each role change goes through one ``_become_*`` method.  What belongs to one
+role lives in a small object that the ``_become_*`` method creates and the
+next role change drops (etcd raft's ``reset``): ``_Candidacy`` (the votes of
+the current round, its phase, the rivals seen, the quick retries) and
+``_Leadership`` (heartbeat rounds, acknowledgements, the lease, a transfer
+under way).  No flag set in one role survives into the next.
+
+``step`` reads like etcd raft's ``Step``: first the terms, once for every
+message (``_on_stale``, ``_on_higher_term``); then a vote request, decided
+alike in every role (``_on_request_vote``); then the rest by role
+(``_step_follower``, ``_step_candidate``, ``_step_leader``).
+
 Rules, each with the reason:
 
+* Terms first (paper 5.1): a message of an older term is refused or ignored
+  (a request is answered with our term so that its sender catches up); a
+  higher term turns the receiver into a follower of that term, except where
+  stickiness or pre-vote say otherwise (below).
 * Timeouts are drawn afresh for every round from ``[T, T_max]`` with the
   injected ``random.Random`` so that split votes are rare (paper 5.2).
 * One vote per term, remembered in ``voted_for`` and returned in
@@ -44,8 +60,26 @@ Rules, each with the reason:
   Stickiness guarantees no other node can win a vote before it ends
   (thesis 6.4.1).
 * Transfer: the leader sends ``TimeoutNow``; the target stands at once with
-  ``transfer=True``, which voters honour despite stickiness.  The old leader
-  gives up its lease at once, for the rest of its term (thesis 3.10).
+  ``transfer=True``, which voters honour despite stickiness, but only where a
+  real transfer could have produced it: a real vote for exactly the voter's
+  term + 1, from a node other than the leader the voter knows for its term.
+  The old leader gives up its lease at once, for the rest of its term, and
+  steps down if the transfer has not completed ``T`` after it was first
+  asked for (thesis 3.10).
+* Terms have no dead end: no node holds, sends or accepts a term above
+  ``MAX_TERM`` (``2**62``, half the wire's range), and one message raises a
+  node's term by at most ``MAX_TERM_STEP`` (``2**16``): a message from further
+  ahead moves the node that far and is dropped.  Reaching ``MAX_TERM`` from
+  term 0 thus takes at least ``2**46`` accepted messages
+  (``docs/specification.md``, "Terms have no dead end").
+* Split votes (with pre-vote only): a candidate whose round is clearly lost
+  steps back if a lower id stood against it, and otherwise stands again at
+  once, through a pre-vote round.  Without pre-vote, a candidate refused by a
+  quorum waits for its timer, as in the paper (etcd raft's
+  ``TestLeaderElectionInOneRoundRPC``).
+* A node that cannot stand because its view is below ``min_nodes`` says so
+  at INFO when it first finds out, and again at most every 30 seconds of its
+  own clock while it lasts.
 """
 
 from __future__ import annotations
@@ -57,7 +91,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
+from ._config import Config as Config  # re-exported: tests and tools build cores from here
 from ._messages import (
+    MAX_TERM,
+    MAX_TERM_STEP,
     Heartbeat,
     HeartbeatResponse,
     LeaderChanged,
@@ -89,45 +126,17 @@ _LEADER: Final = Role.LEADER
 _TERMINATED: Final = Role.TERMINATED
 _T = TypeVar("_T")
 
+# Why a node cannot stand for election (``Election._cannot_stand``).
+_PAUSED: Final = "candidacy paused"
+_TOO_FEW: Final = "cluster below min_nodes"
+_NO_TERM_LEFT: Final = "no term left (MAX_TERM reached)"
+_UNABLE_LOG_INTERVAL: Final = 30.0
+"""Seconds, by the node's own clock, between two log lines saying it still cannot stand."""
+
 
 def _rank(node_id: NodeId) -> tuple[int, int, str]:
     """A total order over node ids (ints before strs), for the split-vote rule."""
     return (0, node_id, "") if isinstance(node_id, int) else (1, 0, node_id)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Config:
-    """The checked configuration of one node's election (see ``RaftElectionState.init``).
-
-    Attributes:
-        self_id: this node's id.
-        election_timeout: ``T``, the lower end of the election timeout.
-        election_timeout_max: the upper end; each round draws from ``[T, max]``.
-        heartbeat_interval: time between two heartbeat rounds of a leader.
-        min_nodes: no election while the cluster (self included) is smaller.
-        max_nodes: the cluster (self included) never grows beyond this.
-        pre_vote: ask for pre-votes before raising the term.
-        check_quorum: a leader without a quorum of acknowledgements within
-            ``T`` steps down.
-        lease_duration: how long a lease lasts from the send time of the
-            acknowledged round: ``T`` shortened by the clock-drift margin.
-        split_vote_retry: leave a split vote fast: a candidate whose round a
-            quorum answered without electing it steps back when a rival with
-            a lower id stood in the same round, and otherwise stands again
-            at once instead of waiting out a fresh timeout.
-    """
-
-    self_id: NodeId
-    election_timeout: float
-    election_timeout_max: float
-    heartbeat_interval: float
-    min_nodes: int = 1
-    max_nodes: int = 1024
-    pre_vote: bool = True
-    check_quorum: bool = True
-    lease_duration: float = 0.0
-    split_vote_retry: bool = True
 
 
 @final
@@ -212,15 +221,135 @@ class CoreCounters:
 
 
 @final
+class _Candidacy:
+    """What a candidate knows, from the moment it stands until it leaves the role.
+
+    Created when a follower stands (``Election._candidacy``), kept across the
+    rounds of one candidacy (a pre-vote round, then the real one, a quick
+    retry, a round left after a split vote), and dropped by
+    ``_become_follower`` and ``_become_leader``.
+
+    Attributes:
+        pre_phase: this round asks for pre-votes; the term is not raised yet.
+        transfer: this round was started by ``TimeoutNow`` (``transfer=True``).
+        granted: who granted this round's (pre-)vote, this node included.
+        refused: who refused it.
+        round_started_at: when this round started.
+        split_pending: a quorum answered this real round without electing
+            this node; the timer was shortened to leave it (``_check_split_vote``).
+        rivals: candidates seen standing in this node's own term during this
+            candidacy (the split-vote rule).
+        quick_retries: quick pre-vote retries made in this campaign (at most 3).
+        quick_retry_armed: the pending timer is a quick retry, not a full timeout.
+    """
+
+    __slots__ = (
+        "granted",
+        "pre_phase",
+        "quick_retries",
+        "quick_retry_armed",
+        "refused",
+        "rivals",
+        "round_started_at",
+        "split_pending",
+        "transfer",
+    )
+
+    def __init__(self) -> None:
+        self.pre_phase = True
+        self.transfer = False
+        self.granted: dict[NodeId, None] = {}
+        self.refused: dict[NodeId, None] = {}
+        self.round_started_at = -_NEVER
+        self.split_pending = False
+        self.rivals: dict[NodeId, None] = {}
+        self.quick_retries = 0
+        self.quick_retry_armed = False
+
+    def new_round(self, self_id: NodeId, now: float, *, pre_phase: bool, transfer: bool) -> None:
+        """Start a round in which only this node's own (pre-)vote is counted so far."""
+        self.pre_phase = pre_phase
+        self.transfer = transfer
+        self.granted = {self_id: None}
+        self.refused = {}
+        self.round_started_at = now
+        self.split_pending = False
+
+    def copy(self) -> _Candidacy:
+        """A copy sharing nothing mutable (for ``almost_raft.testing.explore``)."""
+        new = _Candidacy.__new__(_Candidacy)
+        for name in _Candidacy.__slots__:
+            value = getattr(self, name)
+            setattr(new, name, value.copy() if type(value) is dict else value)
+        return new
+
+
+@final
+class _Leadership:
+    """What a leader knows, from its win until it steps down (created by ``_become_leader``).
+
+    Attributes:
+        since: when it won.
+        voters: who voted for it (a hand-over target before any acknowledgement).
+        seq: the last heartbeat round sent.
+        sent_at: the send time of each round of the last ``T``.
+        acked_seq: the newest round each peer acknowledged.
+        last_ack_at: when each peer last acknowledged a round.
+        lease_expires_at: when the lease ends (``-inf``: no lease).
+        lease_given_up: it sent ``TimeoutNow``: no lease for the rest of its term.
+        heartbeat_deadline: when the next round is due.
+        transfer_deadline: when it steps down if a transfer it started has not
+            completed (``inf``: none under way); set by the first transfer
+            and never moved.
+    """
+
+    __slots__ = (
+        "acked_seq",
+        "heartbeat_deadline",
+        "last_ack_at",
+        "lease_expires_at",
+        "lease_given_up",
+        "sent_at",
+        "seq",
+        "since",
+        "transfer_deadline",
+        "voters",
+    )
+
+    def __init__(self, now: float, voters: dict[NodeId, None]) -> None:
+        self.since = now
+        self.voters = voters
+        self.seq = 0
+        self.sent_at: dict[int, float] = {}
+        self.acked_seq: dict[NodeId, int] = {}
+        self.last_ack_at: dict[NodeId, float] = {}
+        self.lease_expires_at = -_NEVER
+        self.lease_given_up = False
+        self.heartbeat_deadline = _NEVER
+        self.transfer_deadline = _NEVER
+
+    def copy(self) -> _Leadership:
+        """A copy sharing nothing mutable (for ``almost_raft.testing.explore``)."""
+        new = _Leadership.__new__(_Leadership)
+        for name in _Leadership.__slots__:
+            value = getattr(self, name)
+            setattr(new, name, value.copy() if type(value) is dict else value)
+        return new
+
+
+@final
 class Election:
     """One node's election state machine.
 
     Args:
-        config: the checked configuration.
+        config: the checked configuration (``make_config``).
         peers: the ids of the peers known at start (not ``self_id``).
         hard_state: the state loaded from storage, or ``None`` for a new node.
         rng: the only source of randomness.
         now: the current time; the node refuses votes until ``now + T``.
+
+    Raises:
+        ValueError: ``hard_state.term`` is above ``MAX_TERM``.
     """
 
     def __init__(
@@ -232,6 +361,9 @@ class Election:
         rng: random.Random,
         now: float,
     ) -> None:
+        hs = hard_state or HardState(0, None)
+        if hs.term > MAX_TERM:
+            raise ValueError(f"the stored term {hs.term} is above MAX_TERM ({MAX_TERM})")
         self.config = config
         self.counters = CoreCounters()
         self._rng = rng
@@ -239,11 +371,10 @@ class Election:
         # A dict, not a set: iteration order must not depend on hash seeds,
         # or the same seed would not replay the same run.
         self._peers: dict[NodeId, None] = dict.fromkeys(peers)
-        hs = hard_state or HardState(0, None)
         self._term = hs.term
         self._voted_for = hs.voted_for
         self._persisted = hs
-        self._role = Role.FOLLOWER
+        self._role = _FOLLOWER
         self._leader_id: NodeId | None = None
         # Who won the current term as far as this node knows.  Unlike
         # _leader_id it outlives losing touch within the term (timeout,
@@ -251,39 +382,17 @@ class Election:
         # still recognised as nonsense (paper 5.2: one leader per term).
         self._term_leader: NodeId | None = None
         self._emitted: tuple[int, NodeId | None] = (self._term, None)
-        self._started_at = now
         # A node that has just started behaves as if it had just heard from a
         # leader: a restart must not cut another node's lease short.
         self._sticky_until = now + config.election_timeout
         self._last_leader_contact = -_NEVER
         self._candidacy_paused = False
-        # Quick pre-vote retries after refusals by still-sticky voters (see
-        # _check_pre_vote_refused): when the round began, how many quick
-        # retries this campaign made, and whether the pending timer is one.
-        self._round_started_at = now
-        self._quick_retries = 0
-        self._quick_retry_armed = False
         self._election_deadline = now + self._random_timeout()
-        # candidate state
-        self._pre_phase = False
-        self._transfer_round = False
-        self._granted: dict[NodeId, None] = {}
-        self._refused: dict[NodeId, None] = {}
-        # Candidates seen standing in our own round since we last heard a
-        # leader (the split-vote rule in _check_split_vote).
-        self._rivals: dict[NodeId, None] = {}
-        self._vote_round_started_at = now
-        self._split_pending = False
-        # leader state
-        self._heartbeat_deadline = _NEVER
-        self._transfer_deadline = _NEVER
-        self._leader_since = -_NEVER
-        self._seq = 0
-        self._sent_at: dict[int, float] = {}
-        self._acked_seq: dict[NodeId, int] = {}
-        self._last_ack_at: dict[NodeId, float] = {}
-        self._lease_expires_at = -_NEVER
-        self._lease_given_up = False
+        # When this node last said that it cannot stand (-inf: it can).
+        self._unable_logged_at = -_NEVER
+        # The state of the current role (see the theory of operation).
+        self._cand: _Candidacy | None = None
+        self._lead: _Leadership | None = None
         # output under construction
         self._sends: list[tuple[NodeId, Message]] = []
         self._events: list[LeaderChanged] = []
@@ -323,13 +432,14 @@ class Election:
     @property
     def in_pre_vote(self) -> bool:
         """Whether a candidate is still asking for pre-votes (its term not raised yet)."""
-        return self._role is Role.CANDIDATE and self._pre_phase
+        return self._cand is not None and self._cand.pre_phase
 
     @property
     def next_deadline(self) -> float:
         """When ``tick`` has something to do next (``inf`` once terminated)."""
-        if self._role is _LEADER:
-            return min(self._heartbeat_deadline, self._transfer_deadline)
+        lead = self._lead
+        if lead is not None:
+            return min(lead.heartbeat_deadline, lead.transfer_deadline)
         if self._role is _TERMINATED:
             return _NEVER
         return self._election_deadline
@@ -337,9 +447,8 @@ class Election:
     @property
     def lease_expires_at(self) -> float:
         """When the current lease ends (``-inf`` when this node holds none)."""
-        if self._role is not Role.LEADER:
-            return -_NEVER
-        return self._lease_expires_at
+        lead = self._lead
+        return -_NEVER if lead is None else lead.lease_expires_at
 
     @property
     def last_leader_contact(self) -> float:
@@ -358,23 +467,25 @@ class Election:
         and ``TimeoutNow``.  Pausing a leader hands leadership over at once;
         pausing a candidate makes it a follower.
         """
-        if self._role is Role.TERMINATED or paused == self._candidacy_paused:
+        if self._role is _TERMINATED or paused == self._candidacy_paused:
             return self._flush()
         self._candidacy_paused = paused
         logger.info("node %r term %d: candidacy %s", self._self_id, self._term, "paused" if paused else "resumed")
-        if paused and self._role is Role.LEADER:
+        if paused and self._role is _LEADER:
             return self.transfer_leadership(None, now)
-        if paused and self._role is Role.CANDIDATE:
+        if paused and self._role is _CANDIDATE:
             self._become_follower(now, self._term, None)
         return self._flush()
 
     def holds_lease(self, now: float) -> bool:
         """Whether this node leads under a valid lease at *now*."""
-        return self._role is Role.LEADER and now < self._lease_expires_at
+        lead = self._lead
+        return lead is not None and now < lead.lease_expires_at
 
     def last_ack_at(self, node_id: NodeId) -> float | None:
-        """When the leader last heard a heartbeat acknowledgement from *node_id*."""
-        return self._last_ack_at.get(node_id)
+        """When this leader last heard a heartbeat acknowledgement from *node_id* (``None`` on a non-leader)."""
+        lead = self._lead
+        return None if lead is None else lead.last_ack_at.get(node_id)
 
     @property
     def cluster_size(self) -> int:
@@ -391,30 +502,34 @@ class Election:
     def step(self, message: Message, now: float) -> Output:
         """Handle *message* received at *now*.
 
-        A message from an unknown node or from this node itself is dropped,
-        logged and counted in ``counters.messages_rejected``; it changes
-        nothing.
+        First the terms, once for every message (paper 5.1); then a vote
+        request, decided alike in every role; then the rest by role.  A
+        message from an unknown node or from this node itself, or with a
+        term above ``MAX_TERM``, is dropped, logged and counted in
+        ``counters.messages_rejected``; it changes nothing.
         """
         if self._role is _TERMINATED:
             return self._flush()
         sender = message.sender
         if sender == self._self_id or sender not in self._peers:
-            why = "from this node itself" if sender == self._self_id else "from an unknown node"
-            return self._reject(message, why)
-        # The steady state's two messages first: each case is an isinstance test.
-        match message:
-            case Heartbeat():
-                self._on_heartbeat(message, now)
-            case HeartbeatResponse():
-                self._on_heartbeat_response(message, now)
-            case RequestVote():
-                self._on_request_vote(message, now)
-            case VoteResponse():
-                self._on_vote_response(message, now)
-            case TimeoutNow():
-                self._on_timeout_now(message, now)
-            case _:
-                assert_never(message)
+            self._drop(message, "from this node itself" if sender == self._self_id else "from an unknown node")
+            return self._flush()
+        term = message.term
+        if term != self._term:
+            if term < self._term:
+                self._on_stale(message)
+                return self._flush()
+            if not self._on_higher_term(message, now):
+                return self._flush()
+        # The message is of this node's term now (a pre-vote grant: of the
+        # term this node would stand in).
+        role = self._role
+        if role is _FOLLOWER:
+            self._step_follower(message, now)
+        elif role is _LEADER:
+            self._step_leader(message, now)
+        else:
+            self._step_candidate(message, now)
         return self._flush()
 
     def tick(self, now: float) -> Output:
@@ -424,7 +539,9 @@ class Election:
                 if now >= self._election_deadline:
                     self._on_election_timeout(now)
             case Role.LEADER:
-                if now >= self._transfer_deadline:
+                lead = self._lead
+                assert lead is not None
+                if now >= lead.transfer_deadline:
                     logger.info(
                         "node %r term %d: leadership transfer did not complete within %.3fs, stepping down",
                         self._self_id,
@@ -432,7 +549,7 @@ class Election:
                         self.config.election_timeout,
                     )
                     self._become_follower(now, self._term, None)
-                elif now >= self._heartbeat_deadline:
+                elif now >= lead.heartbeat_deadline:
                     self._on_heartbeat_due(now)
             case Role.TERMINATED:
                 pass
@@ -442,7 +559,7 @@ class Election:
 
     def add_peer(self, node_id: NodeId, now: float) -> Output:
         """Add *node_id* to this node's view (``AddNode``); a known id changes nothing."""
-        if self._role is Role.TERMINATED or node_id in self._peers:
+        if self._role is _TERMINATED or node_id in self._peers:
             return self._flush()
         if node_id == self._self_id:
             return self._reject_control("AddNode", f"AddNode({node_id!r}) names this node itself")
@@ -454,9 +571,9 @@ class Election:
         logger.info(
             "node %r term %d: added peer %r (cluster size %d)", self._self_id, self._term, node_id, self.cluster_size
         )
-        if self._role is Role.LEADER:
+        if self._lead is not None:
             # Tell the newcomer who leads without waiting for the next round.
-            self._sends.append((node_id, Heartbeat(self._term, self._self_id, self._seq)))
+            self._sends.append((node_id, Heartbeat(self._term, self._self_id, self._lead.seq)))
         return self._flush()
 
     def remove_peer(self, node_id: NodeId, now: float) -> Output:
@@ -467,47 +584,59 @@ class Election:
         (it asks for pre-votes at once; it votes for itself only once its
         leader stickiness has run out, see ``_postpone_candidacy``).
         """
-        if self._role is Role.TERMINATED:
+        if self._role is _TERMINATED:
             return self._flush()
         if node_id == self._self_id:
             return self.shutdown(now)
         if node_id not in self._peers:
             return self._reject_control("RemoveNode", f"RemoveNode({node_id!r}) names an unknown node")
         del self._peers[node_id]
-        self._granted.pop(node_id, None)
-        self._refused.pop(node_id, None)
-        self._acked_seq.pop(node_id, None)
-        self._last_ack_at.pop(node_id, None)
+        cand, lead = self._cand, self._lead
+        if cand is not None:
+            cand.granted.pop(node_id, None)
+            cand.refused.pop(node_id, None)
+        if lead is not None:
+            lead.acked_seq.pop(node_id, None)
+            lead.last_ack_at.pop(node_id, None)
         logger.info(
             "node %r term %d: removed peer %r (cluster size %d)", self._self_id, self._term, node_id, self.cluster_size
         )
-        if self._role is Role.CANDIDATE:
+        if cand is not None:
             if self.cluster_size < self.config.min_nodes:
                 self._become_follower(now, self._term, None)
+                self._note_unable(now, _TOO_FEW)
             else:
                 self._check_votes(now)
-        elif self._role is Role.FOLLOWER and self._leader_id == node_id:
+        elif lead is not None:
+            self._update_lease()
+        elif self._leader_id == node_id:
             # The leader left this node's view, but it was heard: stickiness
             # stays, or a lease this node acknowledged could be cut short
             # (the leader, which may not know it was removed, still relies on
             # it).  Found by the simulator: tests/simulation/test_regressions.py.
             self._leader_id = None
-            if self.cluster_size >= self.config.min_nodes and not self._candidacy_paused:
+            why = self._cannot_stand()
+            if why is None:
                 self._start_campaign(now)
-        elif self._role is Role.LEADER:
-            self._update_lease()
+            else:
+                self._note_unable(now, why)
         return self._flush()
 
     def transfer_leadership(self, target_id: NodeId | None, now: float) -> Output:
         """Hand leadership to *target_id* (``None``: the most recently acknowledging peer).
 
-        Changes nothing on a non-leader, or when the target is unknown or this node.
+        Changes nothing on a non-leader, or when the target is unknown or this
+        node.  The leader steps down ``T`` after the first request of its term
+        if no transfer has completed by then; asking again never moves that
+        deadline, so a leader without a lease cannot stay in office by being
+        asked again and again.
         """
-        if self._role is not Role.LEADER:
+        lead = self._lead
+        if lead is None:
             logger.info("node %r term %d: TransferLeadership ignored, not the leader", self._self_id, self._term)
             return self._flush()
         if target_id is None:
-            target_id = self._best_transfer_target()
+            target_id = self._best_transfer_target(lead)
             if target_id is None:
                 logger.info(
                     "node %r term %d: TransferLeadership ignored, no peer to hand over to", self._self_id, self._term
@@ -523,62 +652,214 @@ class Election:
             )
             return self._flush()
         self._send_timeout_now(target_id, now)
-        self._transfer_deadline = now + self.config.election_timeout
+        if lead.transfer_deadline == _NEVER:
+            lead.transfer_deadline = now + self.config.election_timeout
         return self._flush()
 
     def shutdown(self, now: float) -> Output:
         """End this node's election; a leader first hands over with ``TimeoutNow``."""
-        if self._role is Role.TERMINATED:
+        if self._role is _TERMINATED:
             return self._flush()
-        if self._role is Role.LEADER:
-            target = self._best_transfer_target()
+        lead = self._lead
+        if lead is not None:
+            target = self._best_transfer_target(lead)
             if target is not None:
                 self._send_timeout_now(target, now)
             self.counters.step_downs += 1
         logger.info("node %r term %d: election terminated", self._self_id, self._term)
-        self._role = Role.TERMINATED
+        self._role = _TERMINATED
         self._leader_id = None
-        self._lease_expires_at = -_NEVER
+        self._cand = None
+        self._lead = None
         return self._flush()
+
+    # ------------------------------------------------------------------ terms
+
+    def _on_stale(self, m: Message) -> None:
+        """A message of an older term (paper 5.1).
+
+        A request is refused with this node's term, so that its sender
+        catches up ("if a server receives a request with a stale term number,
+        it rejects the request"); a stale leader's heartbeat is answered the
+        same way and does not reset the timer, so a deposed leader cannot
+        hold the cluster back.  Answers and transfers of an older term are
+        ignored.
+        """
+        match m:
+            case RequestVote():
+                self._answer_vote(m, granted=False)
+            case Heartbeat():
+                self._sends.append((m.leader_id, _new_heartbeat_response(self._term, self._self_id, False, m.seq)))
+            case VoteResponse() | HeartbeatResponse() | TimeoutNow():
+                pass
+            case _:
+                assert_never(m)
+
+    def _on_higher_term(self, m: Message, now: float) -> bool:
+        """A message of a higher term: become a follower of that term (paper 5.1), unless a rule says otherwise.
+
+        The exceptions: a term above ``MAX_TERM`` is nonsense and dropped; a
+        vote request to a sticky node changes nothing, not even the term
+        (thesis 4.2.3); a pre-vote request is only a question, and a pre-vote
+        grant names the term this node would stand in (thesis 9.6); and no
+        message moves the term by more than ``MAX_TERM_STEP`` (``_too_far``).
+
+        Returns:
+            Whether the message remains to be handled, in the new term.
+        """
+        if m.term > MAX_TERM:
+            self._drop(m, f"its term is above MAX_TERM ({MAX_TERM}), which no node ever holds")
+            return False
+        leader: NodeId | None = None
+        reach = m.term
+        match m:
+            case RequestVote():
+                if self._sticky(now) and not self._honours_transfer(m):
+                    self._refuse_while_sticky(m)
+                elif m.pre_vote:
+                    self._answer_vote(m, granted=True)
+                elif not self._too_far(m, reach, now):
+                    self._become_follower(now, m.term, None)
+                    self._vote(m, now)
+                return False
+            case VoteResponse(pre_vote=True, granted=True):
+                return True
+            case Heartbeat():
+                leader = m.leader_id
+            case TimeoutNow():
+                # Only a leader sends TimeoutNow; its target stands in the next term.
+                leader = m.leader_id
+                reach = m.term + 1
+            case VoteResponse() | HeartbeatResponse():
+                pass
+            case _:
+                assert_never(m)
+        if self._too_far(m, reach, now):
+            return False
+        self._become_follower(now, m.term, leader)
+        return True
+
+    def _too_far(self, m: Message, reach: int, now: float) -> bool:
+        """Keep one message from raising the term by more than ``MAX_TERM_STEP``.
+
+        A message that would take this node further (to *reach*) moves it
+        ``MAX_TERM_STEP`` terms up, as a follower that knows no leader, and
+        is dropped.  Raising one's own term is always safe: it is what a
+        node that timed out and was not heard would have done.  A node far
+        behind catches up one step per message it receives from the front
+        (a leader's heartbeats do it within a few rounds), while hostile
+        input needs ``2**46`` accepted messages to bring a term from 0 to
+        ``MAX_TERM`` (docs/specification.md, "Terms have no dead end").
+        """
+        if reach - self._term <= MAX_TERM_STEP:
+            return False
+        self._become_follower(now, self._term + MAX_TERM_STEP, None)
+        self._drop(m, f"its term is more than {MAX_TERM_STEP} terms ahead; moved up to term {self._term} only")
+        return True
+
+    def _honours_transfer(self, m: RequestVote) -> bool:
+        """Whether *m* may skip leader stickiness as a leadership transfer (thesis 3.10).
+
+        Only where a real transfer could have produced it: the leader of this
+        node's term ``t`` sent ``TimeoutNow`` to the candidate, which stands
+        in ``t + 1``.  So a real vote (not a pre-vote) for exactly ``t + 1``,
+        from someone other than the leader this node knows for ``t`` (a leader
+        never hands over to itself).  Any other request flagged ``transfer``
+        is an ordinary one, stickiness included: a flag alone must not let a
+        message carry a term past a sticky node (docs/specification.md, "Terms have no dead end").
+        """
+        return m.transfer and not m.pre_vote and m.term == self._term + 1 and m.candidate_id != self._term_leader
+
+    # ------------------------------------------------------------ per role
+
+    def _step_follower(self, m: Message, now: float) -> None:
+        """A follower follows the heartbeats of its term's leader and stands at once on its ``TimeoutNow``."""
+        match m:
+            case Heartbeat():
+                self._on_heartbeat(m, now)
+            case RequestVote():
+                self._on_request_vote(m, now)
+            case TimeoutNow():
+                self._on_timeout_now(m, now)
+            case VoteResponse() | HeartbeatResponse():
+                pass  # answers to a role it no longer has
+            case _:
+                assert_never(m)
+
+    def _step_candidate(self, m: Message, now: float) -> None:
+        """A candidate counts votes, and follows whoever won its term (paper 5.2)."""
+        match m:
+            case VoteResponse():
+                self._on_vote_response(m, now)
+            case Heartbeat():
+                self._on_heartbeat(m, now)
+            case RequestVote():
+                self._on_request_vote(m, now)
+            case TimeoutNow():
+                self._on_timeout_now(m, now)
+            case HeartbeatResponse():
+                pass
+            case _:
+                assert_never(m)
+
+    def _step_leader(self, m: Message, now: float) -> None:
+        """A leader counts acknowledgements (check-quorum, lease); a second leader of its term is nonsense."""
+        match m:
+            case HeartbeatResponse():
+                self._on_heartbeat_response(m, now)
+            case RequestVote():
+                self._on_request_vote(m, now)
+            case Heartbeat():
+                # Two leaders in one term cannot happen while the rules hold.
+                self._drop(m, f"claims leadership of term {m.term}, which this node leads")
+            case TimeoutNow():
+                self._drop(m, f"sent by {m.leader_id!r}, but term {m.term} is led by this node")
+            case VoteResponse():
+                pass  # late answers to the round it won
+            case _:
+                assert_never(m)
 
     # ------------------------------------------------------------- handlers
 
     def _on_request_vote(self, m: RequestVote, now: float) -> None:
-        if m.term < self._term or (m.pre_vote and m.term == self._term):
-            # A stale candidate: refuse with our term so that it catches up
-            # (paper 5.1: "if a server receives a request with a stale term
-            # number, it rejects the request").
-            self._answer_vote(m, granted=False)
-            return
-        if not m.transfer and self._sticky(now):
-            # Leader stickiness (thesis 4.2.3): the request changes nothing,
-            # not even our term, so a returning node cannot depose a leader.
-            logger.debug(
-                "node %r term %d: refused %s from %r for term %d, a leader was heard less than T ago",
-                self._self_id,
-                self._term,
-                "pre-vote" if m.pre_vote else "vote",
-                m.candidate_id,
-                m.term,
-            )
-            self._answer_vote(m, granted=False)
-            return
+        """A (pre-)vote request of this node's term, alike in every role."""
         if m.pre_vote:
-            # m.term > self._term here; a pre-vote is a question and changes nothing (thesis 9.6).
-            self._answer_vote(m, granted=True)
-            return
-        if m.term > self._term:
-            self._become_follower(now, m.term, None)
-        # Now m.term == self._term.  One vote per term (paper 5.2); a node that
-        # knows this term's leader votes for no one else.
+            # A pre-vote names the term its sender would stand in: one naming
+            # ours comes from a node behind us.  Refused with our term so that
+            # it catches up (paper 5.1).
+            self._answer_vote(m, granted=False)
+        elif self._sticky(now):
+            # A transfer names the voter's next term, never its current one.
+            self._refuse_while_sticky(m)
+        else:
+            self._vote(m, now)
+
+    def _refuse_while_sticky(self, m: RequestVote) -> None:
+        # Leader stickiness (thesis 4.2.3): the request changes nothing, not
+        # even our term, so a returning node cannot depose a leader.
+        logger.debug(
+            "node %r term %d: refused %s from %r for term %d, a leader was heard less than T ago",
+            self._self_id,
+            self._term,
+            "pre-vote" if m.pre_vote else "vote",
+            m.candidate_id,
+            m.term,
+        )
+        self._answer_vote(m, granted=False)
+
+    def _vote(self, m: RequestVote, now: float) -> None:
+        """Decide a vote of this node's term: one vote per term (paper 5.2).
+
+        A node that knows this term's leader votes for no one else.
+        """
         can_vote = self._voted_for == m.candidate_id or (self._voted_for is None and self._leader_id is None)
         if can_vote:
             self._voted_for = m.candidate_id
             # Granting a vote resets the election timer (paper 5.2, Figure 2).
             self._election_deadline = now + self._random_timeout()
-        elif self._role is _CANDIDATE and not self._pre_phase:
+        elif self._cand is not None and not self._cand.pre_phase:
             # A rival stands in our round: remembered for _check_split_vote.
-            self._rivals[m.candidate_id] = None
+            self._cand.rivals[m.candidate_id] = None
         self._answer_vote(m, granted=can_vote)
 
     def _answer_vote(self, m: RequestVote, *, granted: bool) -> None:
@@ -593,85 +874,61 @@ class Election:
         self._sends.append((m.candidate_id, _new_vote_response(term, self._self_id, granted, m.pre_vote)))
 
     def _on_vote_response(self, m: VoteResponse, now: float) -> None:
-        if m.pre_vote:
-            if not m.granted and m.term > self._term:
-                # A refused pre-vote names the voter's real term.
-                self._become_follower(now, m.term, None)
-                return
-            if self._role is not _CANDIDATE or not self._pre_phase:
-                return  # stale answer to an earlier round
-            # A grant names the term we would stand in; a refusal the voter's
-            # own term, which equals ours here (a higher one was handled above).
-            if m.term != (self._term + 1 if m.granted else self._term):
-                return
-        else:
-            if m.term > self._term:
-                self._become_follower(now, m.term, None)
-                return
-            if self._role is not _CANDIDATE or self._pre_phase or m.term != self._term:
-                return
-        # Votes are counted by distinct voter id: a duplicated answer counts once.
+        """Count an answer to this candidate's current round (by distinct voter: a duplicate counts once)."""
+        cand = self._cand
+        assert cand is not None
+        if m.pre_vote != cand.pre_phase:
+            return  # an answer to the other phase: stale
+        # A pre-vote grant names the term we would stand in; a refusal the
+        # voter's own term, which equals ours here (a higher one made us a
+        # follower already).  A real answer is of our term.
+        if m.pre_vote and m.term != (self._term + 1 if m.granted else self._term):
+            return
         if m.granted:
-            self._granted[m.voter_id] = None
-            self._refused.pop(m.voter_id, None)
-        elif m.voter_id not in self._granted:
-            self._refused[m.voter_id] = None
+            cand.granted[m.voter_id] = None
+            cand.refused.pop(m.voter_id, None)
+        elif m.voter_id not in cand.granted:
+            cand.refused[m.voter_id] = None
         self._check_votes(now)
 
     def _on_heartbeat(self, m: Heartbeat, now: float) -> None:
-        if m.term < self._term:
-            # A stale leader: tell it the newer term, and do not reset our
-            # timer (paper 5.1).
-            self._sends.append((m.leader_id, _new_heartbeat_response(self._term, self._self_id, False, m.seq)))
-            return
-        if m.term == self._term and self._role is _LEADER:
+        """A heartbeat of this node's term: its sender won the term; follow it (paper 5.2)."""
+        if self._term_leader is not None and self._term_leader != m.leader_id:
             # Two leaders in one term cannot happen while the rules hold.
-            self._reject(m, f"claims leadership of term {m.term}, which this node leads")
+            self._drop(m, f"claims leadership of term {m.term}, led by {self._term_leader!r}")
             return
-        if m.term == self._term and self._term_leader is not None and self._term_leader != m.leader_id:
-            self._reject(m, f"claims leadership of term {m.term}, led by {self._term_leader!r}")
-            return
-        if self._role is not _FOLLOWER or m.term != self._term or self._leader_id != m.leader_id:
+        if self._role is not _FOLLOWER or self._leader_id != m.leader_id:
             # (A follower hearing its known leader again, the common case,
             # is one already: _become_follower would change nothing.)
             self._become_follower(now, m.term, m.leader_id)
         self._last_leader_contact = now
-        if self._rivals:
-            self._rivals = {}
         self._sticky_until = now + self.config.election_timeout
         self._election_deadline = now + self._random_timeout()
         self._sends.append((m.leader_id, _new_heartbeat_response(self._term, self._self_id, True, m.seq)))
 
     def _on_heartbeat_response(self, m: HeartbeatResponse, now: float) -> None:
-        if m.term > self._term:
-            # A stale leader learns of the newer term and steps down (paper 5.1).
-            self._become_follower(now, m.term, None)
+        """Count an acknowledgement of one of this leader's rounds (thesis 6.2, 6.4)."""
+        if not m.success:
             return
-        if self._role is not _LEADER or m.term != self._term or not m.success:
+        lead = self._lead
+        assert lead is not None
+        if m.seq > lead.seq:
+            self._drop(m, f"acknowledges round {m.seq}, which was never sent (last {lead.seq})")
             return
-        if m.seq > self._seq:
-            self._reject(m, f"acknowledges round {m.seq}, which was never sent (last {self._seq})")
-            return
-        if m.seq > self._acked_seq.get(m.follower_id, 0):
-            self._acked_seq[m.follower_id] = m.seq
-        self._last_ack_at[m.follower_id] = now
+        if m.seq > lead.acked_seq.get(m.follower_id, 0):
+            lead.acked_seq[m.follower_id] = m.seq
+        lead.last_ack_at[m.follower_id] = now
         self._update_lease()
 
     def _on_timeout_now(self, m: TimeoutNow, now: float) -> None:
-        if m.term < self._term:
-            return  # stale transfer of an earlier term
-        if m.term == self._term and self._term_leader is not None and self._term_leader != m.leader_id:
-            self._reject(m, f"sent by {m.leader_id!r}, but term {m.term} is led by {self._term_leader!r}")
+        """The leader of this node's term hands over to it: stand at once (thesis 3.10)."""
+        if self._term_leader is not None and self._term_leader != m.leader_id:
+            self._drop(m, f"sent by {m.leader_id!r}, but term {m.term} is led by {self._term_leader!r}")
             return
-        if m.term > self._term:
-            self._become_follower(now, m.term, m.leader_id)
-        if self.cluster_size < self.config.min_nodes or self._candidacy_paused:
+        why = self._cannot_stand()
+        if why is not None:
             logger.info(
-                "node %r term %d: leadership transfer from %r ignored (%s)",
-                self._self_id,
-                self._term,
-                m.leader_id,
-                "candidacy paused" if self._candidacy_paused else "cluster below min_nodes",
+                "node %r term %d: leadership transfer from %r ignored (%s)", self._self_id, self._term, m.leader_id, why
             )
             return
         logger.info(
@@ -680,28 +937,34 @@ class Election:
         self._become_candidate(now, transfer=True)
 
     def _on_election_timeout(self, now: float) -> None:
-        if not self._quick_retry_armed:
-            self._quick_retries = 0  # a full timeout: a new campaign
-        self._quick_retry_armed = False
-        if self.cluster_size < self.config.min_nodes or self._candidacy_paused:
-            # Not enough members to elect anyone, or a node being drained:
-            # wait (and stop standing).
-            if self._role is Role.CANDIDATE:
+        cand = self._cand
+        if cand is not None:
+            if not cand.quick_retry_armed:
+                cand.quick_retries = 0  # a full timeout: a new campaign
+            cand.quick_retry_armed = False
+        why = self._cannot_stand()
+        if why is not None:
+            # Not enough members to elect anyone, a node being drained, or
+            # no term left: wait (and stop standing).
+            if cand is not None:
                 self._become_follower(now, self._term, None)
             self._election_deadline = now + self._random_timeout()
+            self._note_unable(now, why)
             return
-        if self._role is Role.CANDIDATE and not self._pre_phase:
+        if cand is not None and not cand.pre_phase:
             self.counters.elections_lost += 1
-            if self._split_pending:
+            if cand.split_pending:
                 self._leave_split_vote(now)  # the split-vote rule, see _check_split_vote
                 return
         self._start_campaign(now)
 
     def _on_heartbeat_due(self, now: float) -> None:
+        lead = self._lead
+        assert lead is not None
         if (
             self.config.check_quorum
-            and now - self._leader_since >= self.config.election_timeout
-            and self._recent_acks(now) < self.quorum
+            and now - lead.since >= self.config.election_timeout
+            and self._recent_acks(lead, now) < self.quorum
         ):
             logger.warning(
                 "node %r term %d: no quorum of heartbeat acknowledgements within %.3fs, stepping down",
@@ -723,20 +986,26 @@ class Election:
             self._term_leader = None
         if leader_id is not None:
             self._term_leader = leader_id
-        if self._role is _LEADER:
+        role = self._role
+        if role is _LEADER:
             self.counters.step_downs += 1
             logger.info("node %r term %d: stepping down", self._self_id, self._term)
-        was_follower = self._role is _FOLLOWER
-        self._split_pending = False
         self._role = _FOLLOWER
         self._leader_id = leader_id
-        self._pre_phase = False
-        self._transfer_round = False
-        self._heartbeat_deadline = _NEVER
-        self._transfer_deadline = _NEVER
-        self._lease_expires_at = -_NEVER
-        if not was_follower:
+        self._cand = None
+        self._lead = None
+        if role is not _FOLLOWER:
             self._election_deadline = now + self._random_timeout()
+
+    def _candidacy(self) -> _Candidacy:
+        """Become a candidate: the current candidacy, or a new one for a follower that stands."""
+        cand = self._cand
+        if cand is None:
+            cand = self._cand = _Candidacy()
+            self._unable_logged_at = -_NEVER
+        self._role = _CANDIDATE
+        self._leader_id = None
+        return cand
 
     def _start_campaign(self, now: float) -> None:
         """Stand for election: pre-vote first when enabled (thesis 9.6)."""
@@ -746,14 +1015,12 @@ class Election:
                 return
             self._become_candidate(now, transfer=False)
             return
-        self._role = Role.CANDIDATE
-        self._pre_phase = True
-        self._transfer_round = False
-        self._leader_id = None
-        self._granted = {self._self_id: None}
-        self._refused = {}
-        self._round_started_at = now
-        self._split_pending = False
+        self._become_pre_candidate(now)
+
+    def _become_pre_candidate(self, now: float) -> None:
+        """Ask whether a quorum would vote for this node in ``term + 1``, the term unchanged (thesis 9.6)."""
+        cand = self._candidacy()
+        cand.new_round(self._self_id, now, pre_phase=True, transfer=False)
         self._election_deadline = now + self._random_timeout()
         self.counters.pre_votes_started += 1
         logger.debug("node %r term %d: asking for pre-votes for term %d", self._self_id, self._term, self._term + 1)
@@ -763,17 +1030,11 @@ class Election:
 
     def _become_candidate(self, now: float, *, transfer: bool) -> None:
         """Raise the term, vote for self and ask for votes (paper 5.2)."""
-        self._role = Role.CANDIDATE
-        self._pre_phase = False
-        self._transfer_round = transfer
+        cand = self._candidacy()
+        cand.new_round(self._self_id, now, pre_phase=False, transfer=transfer)
         self._term += 1
         self._term_leader = None
         self._voted_for = self._self_id
-        self._leader_id = None
-        self._granted = {self._self_id: None}
-        self._refused = {}
-        self._vote_round_started_at = now
-        self._split_pending = False
         self._election_deadline = now + self._random_timeout()
         self.counters.elections_started += 1
         logger.info(
@@ -784,15 +1045,15 @@ class Election:
         self._check_votes(now)
 
     def _check_votes(self, now: float) -> None:
-        if self._role is not Role.CANDIDATE:
-            return
-        if len(self._granted) < self.quorum:
-            if self._pre_phase:
-                self._check_pre_vote_refused(now)
+        cand = self._cand
+        assert cand is not None
+        if len(cand.granted) < self.quorum:
+            if cand.pre_phase:
+                self._check_pre_vote_refused(cand, now)
             else:
-                self._check_split_vote(now)
+                self._check_split_vote(cand, now)
             return
-        if self._pre_phase:
+        if cand.pre_phase:
             if now < self._sticky_until:
                 self._postpone_candidacy(now)
                 return
@@ -816,7 +1077,7 @@ class Election:
         )
         self._election_deadline = self._sticky_until
 
-    def _check_pre_vote_refused(self, now: float) -> None:
+    def _check_pre_vote_refused(self, cand: _Candidacy, now: float) -> None:
         """Retry a pre-vote round soon when still-sticky voters refused it.
 
         A follower's election timer runs from the last heartbeat *it*
@@ -833,15 +1094,15 @@ class Election:
         refusing while they are sticky, so timing here affects liveness only.
         """
         members = max(self.cluster_size, self.config.min_nodes)
-        if members - len(self._refused) >= self.quorum or self._quick_retries >= 3:
+        if members - len(cand.refused) >= self.quorum or cand.quick_retries >= 3:
             return  # the round can still be won, or enough quick retries
-        self._quick_retries += 1
-        self._quick_retry_armed = True
-        delay = max(now - self._round_started_at, self.config.election_timeout / 100)
+        cand.quick_retries += 1
+        cand.quick_retry_armed = True
+        delay = max(now - cand.round_started_at, self.config.election_timeout / 100)
         self._election_deadline = min(self._election_deadline, now + delay)
 
-    def _check_split_vote(self, now: float) -> None:
-        """Leave a split vote within about one round trip instead of a fresh timeout.
+    def _check_split_vote(self, cand: _Candidacy, now: float) -> None:
+        """Leave a split vote within about one round trip instead of a fresh timeout (with pre-vote only).
 
         Once a quorum has answered a real round without electing this node,
         the voters that refused voted for a rival in this term and will not
@@ -852,10 +1113,15 @@ class Election:
         for them; if no win by then, the round is lost (the silent nodes are
         probably down).
         Leaving a lost round: a candidate that saw a rival with a lower id
-        stand since it last heard a leader steps back (follower of the same
-        term, fresh timer); the others stand again at once.  So the retry,
-        usually by the lowest id, meets no rival, and the cluster does not
-        wait out a fresh ``[T, T_max]`` timeout per split.
+        stand during this candidacy steps back (follower of the same term,
+        fresh timer); the others stand again at once, through a pre-vote
+        round.  So the retry, usually by the lowest id, meets no rival, and
+        the cluster does not wait out a fresh ``[T, T_max]`` timeout per split.
+
+        Without pre-vote the rule is off: standing again at once would raise
+        the term before the next election timeout, which the Raft paper's
+        candidate does not do (etcd raft's ``TestLeaderElectionInOneRoundRPC``:
+        a candidate refused by a majority stays in its term).
 
         Why this is safe: safety never depends on timing, only liveness does.
         Stepping back keeps ``term`` and ``voted_for``; standing again goes
@@ -868,32 +1134,31 @@ class Election:
         cannot help end another leader's lease early; voters still refuse
         while they are sticky.  Transfer rounds are left to their timer.
         """
+        config = self.config
         if (
-            not self.config.split_vote_retry
-            or self._pre_phase
-            or self._transfer_round
-            or len(self._granted) + len(self._refused) < self.quorum
+            not config.split_vote_retry
+            or not config.pre_vote
+            or cand.transfer
+            or len(cand.granted) + len(cand.refused) < self.quorum
         ):
             return
-        members = max(self.cluster_size, self.config.min_nodes)
-        if members - len(self._refused) < self.quorum:
+        members = max(self.cluster_size, config.min_nodes)
+        if members - len(cand.refused) < self.quorum:
             self.counters.elections_lost += 1
             self._leave_split_vote(now)
-        elif not self._split_pending:
-            self._split_pending = True
+        elif not cand.split_pending:
+            cand.split_pending = True
             # Randomized (once to twice that long) so that two candidates
             # do not give up at the same instant.
-            wait = max(now - self._vote_round_started_at, self.config.election_timeout / 100)
+            wait = max(now - cand.round_started_at, config.election_timeout / 100)
             self._election_deadline = min(self._election_deadline, now + wait * self._rng.uniform(1.0, 2.0))
 
     def _leave_split_vote(self, now: float) -> None:
         """Step back if a lower id stood against us, else stand again at once (``_check_split_vote``)."""
+        cand = self._cand
+        assert cand is not None
         mine = _rank(self._self_id)
-        if (
-            any(_rank(rival) < mine for rival in self._rivals)
-            or self.cluster_size < self.config.min_nodes
-            or self._candidacy_paused
-        ):
+        if any(_rank(rival) < mine for rival in cand.rivals) or self._cannot_stand() is not None:
             logger.info("node %r term %d: split vote, stepping back", self._self_id, self._term)
             self._become_follower(now, self._term, None)
         else:
@@ -901,38 +1166,37 @@ class Election:
             self._start_campaign(now)
 
     def _become_leader(self, now: float) -> None:
-        self._role = Role.LEADER
+        cand = self._cand
+        assert cand is not None
+        self._role = _LEADER
         self._leader_id = self._term_leader = self._self_id
-        self._pre_phase = False
-        self._leader_since = now
-        self._seq = 0
-        self._sent_at = {}
-        self._acked_seq = {}
-        self._last_ack_at = {}
-        self._lease_expires_at = -_NEVER
-        self._lease_given_up = False
-        self._transfer_deadline = _NEVER
+        self._lead = _Leadership(now, voters=cand.granted)
+        self._cand = None
         self.counters.elections_won += 1
         logger.info("node %r term %d: won the election, now leader", self._self_id, self._term)
         # A new leader announces itself at once (paper 5.2).
         self._send_heartbeats(now)
 
     def _send_heartbeats(self, now: float) -> None:
-        self._seq += 1
-        self._sent_at[self._seq] = now
+        lead = self._lead
+        assert lead is not None
+        lead.seq += 1
+        lead.sent_at[lead.seq] = now
         horizon = now - self.config.election_timeout
-        for seq in [s for s, at in self._sent_at.items() if at < horizon]:
-            del self._sent_at[seq]
-        self._heartbeat_deadline = now + self.config.heartbeat_interval
+        for seq in [s for s, at in lead.sent_at.items() if at < horizon]:
+            del lead.sent_at[seq]
+        lead.heartbeat_deadline = now + self.config.heartbeat_interval
         for peer in self._peers:
-            self._sends.append((peer, Heartbeat(self._term, self._self_id, self._seq)))
+            self._sends.append((peer, Heartbeat(self._term, self._self_id, lead.seq)))
         self._update_lease()
 
     def _send_timeout_now(self, target: NodeId, now: float) -> None:
+        lead = self._lead
+        assert lead is not None
         # Giving the lease up before the target can win despite stickiness
         # keeps "at most one lease" true (thesis 3.10, 6.4.1).
-        self._lease_given_up = True
-        self._lease_expires_at = -_NEVER
+        lead.lease_given_up = True
+        lead.lease_expires_at = -_NEVER
         self.counters.transfers_started += 1
         logger.info("node %r term %d: handing leadership to %r", self._self_id, self._term, target)
         self._sends.append((target, TimeoutNow(self._term, self._self_id)))
@@ -949,43 +1213,76 @@ class Election:
     def _sticky(self, now: float) -> bool:
         return self._role is _LEADER or now < self._sticky_until
 
-    def _recent_acks(self, now: float) -> int:
+    def _cannot_stand(self) -> str | None:
+        """Why this node may not stand for election now, or ``None`` when it may."""
+        if self._candidacy_paused:
+            return _PAUSED
+        if len(self._peers) + 1 < self.config.min_nodes:
+            return _TOO_FEW
+        if self._term >= MAX_TERM:
+            return _NO_TERM_LEFT
+        return None
+
+    def _note_unable(self, now: float, why: str) -> None:
+        """Say why this node cannot stand: when it first finds out, then at most every 30 s while it lasts."""
+        if why is _PAUSED or now - self._unable_logged_at < _UNABLE_LOG_INTERVAL:
+            return
+        self._unable_logged_at = now
+        if why is _TOO_FEW:
+            logger.info(
+                "node %r term %d: waiting for %d members, have %d",
+                self._self_id,
+                self._term,
+                self.config.min_nodes,
+                self.cluster_size,
+            )
+        else:
+            logger.error(
+                "node %r term %d: cannot stand for election, the term has reached MAX_TERM; "
+                "see docs/specification.md, 'Terms have no dead end'",
+                self._self_id,
+                self._term,
+            )
+
+    def _recent_acks(self, lead: _Leadership, now: float) -> int:
         horizon = now - self.config.election_timeout
-        return 1 + sum(1 for p in self._peers if self._last_ack_at.get(p, -_NEVER) > horizon)
+        last_ack_at = lead.last_ack_at
+        return 1 + sum(1 for p in self._peers if last_ack_at.get(p, -_NEVER) > horizon)
 
     def _update_lease(self) -> None:
-        if self._role is not _LEADER or self._lease_given_up:
+        lead = self._lead
+        if lead is None or lead.lease_given_up:
             return
         # The newest round that a quorum (this node included) acknowledged.
-        acked_seq = self._acked_seq
+        acked_seq = lead.acked_seq
         acked = [acked_seq.get(p, 0) for p in self._peers]
         acked.sort(reverse=True)
-        acked.insert(0, self._seq)
+        acked.insert(0, lead.seq)
         quorum = self.quorum
         if len(acked) < quorum:
             return
-        sent = self._sent_at.get(acked[quorum - 1])
+        sent = lead.sent_at.get(acked[quorum - 1])
         if sent is not None:
-            self._lease_expires_at = max(self._lease_expires_at, sent + self.config.lease_duration)
+            lead.lease_expires_at = max(lead.lease_expires_at, sent + self.config.lease_duration)
 
-    def _best_transfer_target(self) -> NodeId | None:
+    def _best_transfer_target(self, lead: _Leadership) -> NodeId | None:
         # The peer that acknowledged most recently; right after a win, before
         # any acknowledgement, a peer that voted for this node (else any peer),
         # so that a pause or a shutdown just after winning still hands over.
         best: NodeId | None = None
         best_key = (-_NEVER, False)
         for peer in self._peers:
-            key = (self._last_ack_at.get(peer, -_NEVER), peer in self._granted)
+            key = (lead.last_ack_at.get(peer, -_NEVER), peer in lead.voters)
             if best is None or key > best_key:
                 best, best_key = peer, key
         return best
 
-    def _reject(self, message: Message, why: str) -> Output:
+    def _drop(self, message: Message, why: str) -> None:
+        """Bad input: log it and count it; the caller changes nothing else (docs/specification.md, "bad input")."""
         kind = type(message).__name__
         self.counters.messages_rejected += 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
         logger.warning("node %r term %d: dropped %r: %s", self._self_id, self._term, message, why)
-        return self._flush()
 
     def _reject_control(self, kind: str, why: str) -> Output:
         self.counters.messages_rejected += 1

@@ -11,13 +11,37 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias, final
+from typing import TYPE_CHECKING, Final, TypeAlias, final
 
 if TYPE_CHECKING:
     from ._protocols import Node
 
 NodeId: TypeAlias = str | int
 """A node's identity: a ``str`` or an ``int`` (never a ``bool``)."""
+
+WIRE_MAX_TERM: Final = 2**63 - 1
+"""The largest term the TCP wire format carries (``transports/_wire.py``)."""
+
+MAX_TERM: Final = 2**62
+"""The largest term a node ever holds, sends, stores or accepts from a peer.
+
+Half the wire's range: a node at ``MAX_TERM`` can still encode ``term + 1``,
+and every term above it, up to ``WIRE_MAX_TERM``, is refused as bad input.
+No honest run comes near it (one election per millisecond would take 146
+million years); ``MAX_TERM_STEP`` keeps hostile input from pushing a cluster
+there.  The argument is in ``docs/specification.md``, "Terms have no
+dead end".
+"""
+
+MAX_TERM_STEP: Final = 2**16
+"""How far one message can raise a node's term (``docs/specification.md``, "Terms have no dead end").
+
+A message whose term lies further ahead moves the node only this far (as a
+follower that knows no leader) and is then dropped as bad input; the next
+message from the same source moves it on.  Honest term gaps are the number
+of elections a node missed, far below this; reaching ``MAX_TERM`` from term 0
+takes at least ``MAX_TERM // MAX_TERM_STEP`` (2**46) accepted messages.
+"""
 
 
 def _check_term(owner: str, field: str, value: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, final, runtime_checkable
 
-from ._messages import Message, NodeId, _check_term, check_node_id
+from ._messages import MAX_TERM, Message, NodeId, _check_term, check_node_id
 
 
 @runtime_checkable
@@ -15,7 +15,19 @@ class Node(Protocol):
     ``send_message`` should hand the message to the network and return; the
     election bounds every call by ``message_timeout`` and runs it apart from
     the election loop, so a slow or dead peer never delays the others.  An
-    exception it raises is logged and counted as a lost message.
+    exception it raises is logged and counted as a lost message.  Calls for
+    different peers run concurrently; calls for one peer never overlap, and
+    come in the order the messages were sent.
+
+    Optional fast path: a ``Node`` may also have a plain (not ``async``)
+    method ``send_message_nowait(message) -> None`` that hands the message
+    over without waiting (to a queue of its own, or to a socket buffer).
+    When it has one, the election calls it from the election's own task
+    whenever nothing is queued for that peer, and saves a task switch per
+    message.  It must never block.  Raising ``anyio.WouldBlock`` means "not
+    now": the message then goes through ``send_message``, in order.  Any
+    other exception is a lost message, logged and counted like a failing
+    ``send_message``.  ``MemoryNode`` and ``TcpNode`` have it.
     """
 
     @property
@@ -34,7 +46,8 @@ class HardState:
     """What a node must remember across restarts.
 
     Attributes:
-        term: the latest term this node has seen.
+        term: the latest term this node has seen, at most ``MAX_TERM``
+            (``2**62``): a node never holds a larger one.
         voted_for: the candidate it voted for in ``term``, or ``None``.
     """
 
@@ -43,6 +56,11 @@ class HardState:
 
     def __post_init__(self) -> None:
         _check_term("HardState", "term", self.term)
+        if self.term > MAX_TERM:
+            raise ValueError(
+                f"HardState.term must be at most MAX_TERM (2**62), got {self.term}: "
+                "no node ever holds such a term (docs/specification.md, 'Terms have no dead end')"
+            )
         if self.voted_for is not None:
             check_node_id(self.voted_for, "HardState.voted_for")
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 import random
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, final
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import final
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
-from ._core import Config, CoreCounters, Election
+from ._config import DEFAULT_CLOCK_DRIFT, DEFAULT_ELECTION_TIMEOUT, Config, check_nodes, check_storage, make_config
+from ._core import CoreCounters, Election
 from ._messages import (
     ControlMessage,
     LeaderChanged,
@@ -22,14 +21,12 @@ from ._messages import (
     NodeId,
     Role,
     TransferLeadership,
-    check_node_id,
-    check_seconds,
 )
 from ._protocols import Node, Storage
+from ._runtime import PauseCandidacy, Runtime, Subscription
 from ._storage import MemoryStorage
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+__all__ = ("RaftElectionState", "Status", "Subscription")
 
 _CONTROL_BUFFER = 1024
 
@@ -49,6 +46,8 @@ class Status:
         lease_remaining: seconds left on the lease (0.0 without one).
         voted_for: the candidate it voted for in ``term``, or ``None``.
         peer_ids: the peers in its view.
+        min_nodes: no election while the cluster (this node included) is smaller.
+        max_nodes: the cluster (this node included) never grows beyond this.
         peer_last_ack: for a leader, seconds since each peer last acknowledged
             a heartbeat (``None``: never in this term); empty otherwise.
         leader_contact_age: for a follower, seconds since it last accepted a
@@ -86,6 +85,8 @@ class Status:
     lease_remaining: float
     voted_for: NodeId | None
     peer_ids: tuple[NodeId, ...]
+    min_nodes: int
+    max_nodes: int
     peer_last_ack: tuple[tuple[NodeId, float | None], ...]
     leader_contact_age: float | None
     candidacy_paused: bool
@@ -122,124 +123,8 @@ class Status:
         return out
 
 
-@final
-@dataclass(slots=True)
-class DriverCounters:
-    """Counters kept by the driver; each only grows."""
-
-    messages_received: int = 0
-    messages_sent: int = 0
-    messages_rejected: int = 0
-    messages_dropped: int = 0
-    send_failures: int = 0
-    received_by_kind: dict[str, int] = field(default_factory=dict)
-    sent_by_kind: dict[str, int] = field(default_factory=dict)
-    rejected_by_kind: dict[str, int] = field(default_factory=dict)
-    dropped_by_kind: dict[str, int] = field(default_factory=dict)
-    send_failures_by_peer: dict[NodeId, int] = field(default_factory=dict)
-
-
-def bump(counts: dict[str, int], key: str) -> None:
-    """Add one to ``counts[key]``."""
-    counts[key] = counts.get(key, 0) + 1
-
-
 def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in b}
-
-
-@final
-class Subscription:
-    """A stream of ``LeaderChanged`` events from one node.
-
-    Iterate it with ``async for``; it starts with the view current at
-    subscription time and ends when the node's election ends.  It never
-    blocks the election: when the reader falls behind by more than
-    ``buffer`` events, the oldest are dropped, so the reader may miss
-    intermediate views but always ends with the latest.
-    """
-
-    __slots__ = ("_buffer", "_closed", "_owner", "_waiter", "missed")
-
-    def __init__(self, owner: RaftElectionState, buffer: int) -> None:
-        self._owner = owner
-        self._buffer: deque[LeaderChanged] = deque(maxlen=buffer)
-        self._closed = False
-        self._waiter: anyio.Event | None = None
-        self.missed = 0
-        """How many events were dropped because the reader was behind."""
-
-    def _push(self, event: LeaderChanged) -> None:
-        if self._closed:
-            return
-        if len(self._buffer) == self._buffer.maxlen:
-            self.missed += 1
-        self._buffer.append(event)
-        self._wake()
-
-    def _end(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
-
-    def receive_nowait(self) -> LeaderChanged:
-        """Return the next event without waiting.
-
-        Raises:
-            anyio.WouldBlock: no event is waiting.
-            anyio.EndOfStream: the election ended and every event was read.
-        """
-        if self._buffer:
-            return self._buffer.popleft()
-        if self._closed:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def receive(self) -> LeaderChanged:
-        """Wait for the next event.
-
-        Raises:
-            anyio.EndOfStream: the election ended (or ``close`` was called)
-                and every event was read.
-        """
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                event = self.receive_nowait()
-            except anyio.WouldBlock:
-                if self._waiter is None:
-                    self._waiter = anyio.Event()
-                await self._waiter.wait()
-            else:
-                # A checkpoint that cannot lose the event to a cancellation.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                return event
-
-    def close(self) -> None:
-        """Stop receiving events; what is buffered can still be read."""
-        self._owner._subscriptions.discard(self)
-        self._end()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> LeaderChanged:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 @final
@@ -250,47 +135,21 @@ class RaftElectionState:
     ``raft_election(state)``, read it at any time.  One state runs once.
     """
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        message_timeout: float,
-        nodes: dict[NodeId, Node],
-        storage: Storage,
-        rng: random.Random,
-        inbox: MemoryObjectReceiveStream[ControlMessage | Message],
-    ) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         # Use RaftElectionState.init(); this constructor does no checks.
-        self.config = config
-        self.message_timeout = message_timeout
-        self.storage = storage
-        self.rng = rng
-        self._nodes = nodes
-        self._inbox = inbox
+        self._runtime = runtime
         # A state that never runs must not leave its stream unclosed (anyio
         # warns about that when it is collected).
-        weakref.finalize(self, inbox.close)
-        self._core: Election | None = None
-        self._clock: Callable[[], float] | None = None
-        self._started = False
-        self._finished = False
-        self._subscriptions: set[Subscription] = set()
-        self._driver_counters = DriverCounters()
-        # Requests from the application that bypass ``control`` (see
-        # transfer_leadership, pause_candidacy); the driver wakes up for them.
-        self._commands: deque[TransferLeadership | bool] = deque()
-        self._wake_driver: Callable[[], None] | None = None
-        self._paused_at_start = False
-        self._changed: anyio.Event | None = None
+        weakref.finalize(self, runtime.inbox.close)
 
     @classmethod
     def init(
         cls,
         self_id: NodeId,
         *,
-        election_timeout: float = 0.150,
-        heartbeat_interval: float = 0.050,
-        message_timeout: float = 0.050,
+        election_timeout: float = DEFAULT_ELECTION_TIMEOUT,
+        heartbeat_interval: float | None = None,
+        message_timeout: float | None = None,
         nodes: Iterable[Node] = (),
         max_nodes: int = 1024,
         min_nodes: int = 1,
@@ -299,17 +158,23 @@ class RaftElectionState:
         storage: Storage | None = None,
         election_timeout_max: float | None = None,
         rng: random.Random | None = None,
-        clock_drift: float = 0.01,
+        clock_drift: float = DEFAULT_CLOCK_DRIFT,
     ) -> tuple[RaftElectionState, MemoryObjectSendStream[ControlMessage | Message]]:
         """Check a configuration and build a node's state and its ``control`` stream.
+
+        All times are in seconds.  The defaults follow ``election_timeout``
+        (``T``), so giving ``T`` alone is enough: ``init("a",
+        election_timeout=0.05)`` heartbeats every ``T / 3``.
 
         Args:
             self_id: this node's id (``str`` or ``int``).
             election_timeout: ``T`` in seconds: a node that hears no leader for
                 a timeout drawn from ``[T, election_timeout_max)`` stands.
-            heartbeat_interval: seconds between a leader's heartbeats; at most ``T / 2``.
-            message_timeout: bound in seconds on each ``Node.send_message`` call.
-            nodes: the peers known now (not this node).
+            heartbeat_interval: seconds between a leader's heartbeats (default
+                ``T / 3``, as ``python -m almost_raft``); at most ``T / 2``.
+            message_timeout: bound in seconds on each ``Node.send_message`` call
+                (default: the heartbeat interval); at most ``T``.
+            nodes: the peers known now (``Node`` objects, not their ids; not this node).
             max_nodes: the cluster, this node included, never grows beyond this.
             min_nodes: no election while the cluster, this node included, is
                 smaller; quorums count ``max(size, min_nodes)``.  Set it to the
@@ -317,7 +182,8 @@ class RaftElectionState:
             pre_vote: ask for pre-votes before raising the term.
             check_quorum: a leader without a quorum of acknowledgements within
                 ``T`` steps down.
-            storage: where ``term`` and ``voted_for`` are saved (default: memory).
+            storage: where ``term`` and ``voted_for`` are saved (default:
+                memory); its ``load`` and ``save`` must be ``async def``.
             election_timeout_max: upper end of the timeout range (default ``2 * T``;
                 equal to ``T`` means no randomness).
             rng: the only source of randomness (seed it to replay a run).
@@ -330,80 +196,40 @@ class RaftElectionState:
             ``control``.  Closing ``control`` ends the election.
 
         Raises:
-            TypeError: a value of the wrong type.
+            TypeError: a value of the wrong type: for example ids instead of
+                ``Node`` objects in ``nodes``, or a ``Node`` or ``Storage``
+                whose methods are plain ``def`` instead of ``async def``.
             ValueError: a configuration that cannot work.
+
+        An election timeout of more than a minute is accepted with a warning
+        on the ``almost_raft`` logger: it is almost surely milliseconds
+        written as seconds.
         """
-        check_node_id(self_id, "self_id")
-        timeout = check_seconds("election_timeout", election_timeout)
-        heartbeat = check_seconds("heartbeat_interval", heartbeat_interval)
-        msg_timeout = check_seconds("message_timeout", message_timeout)
-        timeout_max = (
-            2 * timeout if election_timeout_max is None else check_seconds("election_timeout_max", election_timeout_max)
+        peers = check_nodes(nodes)
+        config = make_config(
+            self_id,
+            election_timeout=election_timeout,
+            election_timeout_max=election_timeout_max,
+            heartbeat_interval=heartbeat_interval,
+            message_timeout=message_timeout,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            peer_ids=peers,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            clock_drift=clock_drift,
         )
-        if timeout_max < timeout:
-            raise ValueError(f"election_timeout_max ({timeout_max}) must be >= election_timeout ({timeout})")
-        if heartbeat > timeout / 2:
-            raise ValueError(
-                f"heartbeat_interval ({heartbeat}) must be at most half the election_timeout ({timeout}): "
-                "followers would time out between two heartbeats"
-            )
-        for name, value in (("max_nodes", max_nodes), ("min_nodes", min_nodes)):
-            if type(value) is bool or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1 (it counts this node), got {value}")
-        if min_nodes > max_nodes:
-            raise ValueError(f"min_nodes ({min_nodes}) must not exceed max_nodes ({max_nodes})")
-        for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum)):
-            if type(flag) is not bool:
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if type(clock_drift) is bool or not isinstance(clock_drift, (int, float)):
-            raise TypeError(f"clock_drift must be a number, got {type(clock_drift).__name__}")
-        if not (0 <= clock_drift < 0.5) or math.isnan(clock_drift):
-            raise ValueError(f"clock_drift must be in [0, 0.5), got {clock_drift!r}")
-        peers: dict[NodeId, Node] = {}
-        for node in nodes:
-            node_id = getattr(node, "node_id", None)
-            check_node_id(node_id, "node.node_id")
-            assert node_id is not None
-            if not callable(getattr(node, "send_message", None)):
-                raise TypeError(f"node {node_id!r} has no send_message method")
-            if node_id == self_id:
-                raise ValueError(f"self_id {self_id!r} must not be among the peers in nodes")
-            if node_id in peers:
-                raise ValueError(f"duplicate node id {node_id!r} in nodes")
-            peers[node_id] = node
-        if len(peers) + 1 > max_nodes:
-            raise ValueError(f"{len(peers)} peers plus this node exceed max_nodes ({max_nodes})")
-        if storage is None:
-            storage = MemoryStorage()
-        elif not isinstance(storage, Storage):
-            raise TypeError("storage must have async load() and save(hard_state) methods")
+        storage = MemoryStorage() if storage is None else check_storage(storage)
         if rng is None:
             rng = random.Random()
         elif not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
-        config = Config(
-            self_id=self_id,
-            election_timeout=timeout,
-            election_timeout_max=timeout_max,
-            heartbeat_interval=heartbeat,
-            min_nodes=min_nodes,
-            max_nodes=max_nodes,
-            pre_vote=pre_vote,
-            check_quorum=check_quorum,
-            lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
-        )
+        assert config.message_timeout is not None
         send, receive = anyio.create_memory_object_stream[ControlMessage | Message](_CONTROL_BUFFER)
-        state = cls(
-            config=config,
-            message_timeout=msg_timeout,
-            nodes=peers,
-            storage=storage,
-            rng=rng,
-            inbox=receive,
+        runtime = Runtime(
+            config=config, message_timeout=config.message_timeout, nodes=peers, storage=storage, rng=rng, inbox=receive
         )
-        return state, send
+        return cls(runtime), send
 
     # ------------------------------------------------------------------ view
 
@@ -411,28 +237,59 @@ class RaftElectionState:
         return f"<RaftElectionState {self.self_id!r} {self.role.value} term={self.term} leader={self.leader_id!r}>"
 
     @property
+    def runtime(self) -> Runtime:
+        """The live parts of the election, for the code that runs it (``raft_election``, ``ElectionHost``).
+
+        Applications do not need it: everything they read or ask for has a
+        method or property of its own here.
+        """
+        return self._runtime
+
+    @property
+    def config(self) -> Config:
+        """The checked configuration."""
+        return self._runtime.config
+
+    @property
+    def storage(self) -> Storage:
+        """Where ``term`` and ``voted_for`` are saved."""
+        return self._runtime.storage
+
+    @property
+    def rng(self) -> random.Random:
+        """The election's only source of randomness."""
+        return self._runtime.rng
+
+    @property
+    def message_timeout(self) -> float:
+        """The bound in seconds on each ``Node.send_message`` call."""
+        return self._runtime.message_timeout
+
+    @property
     def self_id(self) -> NodeId:
         """This node's id."""
-        return self.config.self_id
+        return self._runtime.config.self_id
 
     @property
     def role(self) -> Role:
         """The current role (``FOLLOWER`` before the election starts)."""
-        if self._finished:
+        runtime = self._runtime
+        if runtime.finished:
             return Role.TERMINATED
-        return Role.FOLLOWER if self._core is None else self._core.role
+        return Role.FOLLOWER if runtime.core is None else runtime.core.role
 
     @property
     def term(self) -> int:
         """The current term (0 before the election has loaded its storage)."""
-        return 0 if self._core is None else self._core.term
+        return self._runtime.term
 
     @property
     def leader_id(self) -> NodeId | None:
         """The leader this node knows of for its term, or ``None``."""
-        if self._core is None or self._finished:
+        runtime = self._runtime
+        if runtime.core is None or runtime.finished:
             return None
-        return self._core.leader_id
+        return runtime.core.leader_id
 
     @property
     def is_leader(self) -> bool:
@@ -447,35 +304,39 @@ class RaftElectionState:
         ``is_leader``, for work that must never run twice at once.  Read it
         from inside the event loop that runs the election.
         """
-        if self._core is None or self._clock is None or self._finished:
+        runtime = self._runtime
+        if runtime.core is None or runtime.clock is None or runtime.finished:
             return False
-        return self._core.holds_lease(self._clock())
+        return runtime.core.holds_lease(runtime.clock())
 
     @property
     def lease_expires_at(self) -> float:
         """When the current lease ends, on ``anyio.current_time()``'s clock (``-inf``: no lease)."""
-        if self._core is None or self._finished:
+        runtime = self._runtime
+        if runtime.core is None or runtime.finished:
             return -math.inf
-        return self._core.lease_expires_at
+        return runtime.core.lease_expires_at
 
     @property
     def peer_ids(self) -> tuple[NodeId, ...]:
         """The peers in this node's view."""
-        if self._core is not None:
-            return self._core.peer_ids
-        return tuple(self._nodes)
+        runtime = self._runtime
+        if runtime.core is not None:
+            return runtime.core.peer_ids
+        return tuple(runtime.nodes)
 
     @property
     def core(self) -> Election | None:
         """The election core while the election runs (for tests and tools)."""
-        return self._core
+        return self._runtime.core
 
     def status(self) -> Status:
         """Return a snapshot of the role, term, leader, lease and counters."""
-        core = self._core
+        runtime = self._runtime
+        core = runtime.core
         counters = core.counters if core is not None else CoreCounters()
-        driver = self._driver_counters
-        now = self._clock() if self._clock is not None and not self._finished else None
+        driver = runtime.counters
+        now = runtime.clock() if runtime.clock is not None and not runtime.finished else None
         lease_left = 0.0
         last_ack: tuple[tuple[NodeId, float | None], ...] = ()
         contact_age: float | None = None
@@ -496,9 +357,11 @@ class RaftElectionState:
             lease_remaining=lease_left,
             voted_for=None if core is None else core.voted_for,
             peer_ids=self.peer_ids,
+            min_nodes=runtime.config.min_nodes,
+            max_nodes=runtime.config.max_nodes,
             peer_last_ack=last_ack,
             leader_contact_age=contact_age,
-            candidacy_paused=core.candidacy_paused if core is not None else self._paused_at_start,
+            candidacy_paused=core.candidacy_paused if core is not None else runtime.paused_at_start,
             elections_started=counters.elections_started,
             elections_won=counters.elections_won,
             elections_lost=counters.elections_lost,
@@ -538,13 +401,7 @@ class RaftElectionState:
             raise TypeError(f"buffer must be an int, got {type(buffer).__name__}")
         if buffer < 1:
             raise ValueError(f"buffer must be >= 1, got {buffer}")
-        sub = Subscription(self, buffer)
-        sub._push(LeaderChanged(self.term, self.leader_id))
-        if self._finished:
-            sub._end()
-        else:
-            self._subscriptions.add(sub)
-        return sub
+        return self._runtime.subscribe(buffer, LeaderChanged(self.term, self.leader_id))
 
     # ------------------------------------------------------------- requests
 
@@ -559,9 +416,10 @@ class RaftElectionState:
             RuntimeError: the election is not running.
         """
         request = TransferLeadership(target_id)
-        if not self._started or self._finished:
+        runtime = self._runtime
+        if not runtime.started or runtime.finished:
             raise RuntimeError(f"the election of node {self.self_id!r} is not running")
-        self._submit(request)
+        runtime.submit(request)
 
     def pause_candidacy(self) -> None:
         """Keep this node from standing for election, e.g. while it is drained.
@@ -569,57 +427,19 @@ class RaftElectionState:
         It still votes and follows.  If it leads, it hands leadership over at
         once.  Allowed before the election starts.
         """
-        if not self._started:
-            self._paused_at_start = True
-        elif not self._finished:
-            self._submit(True)
+        self._set_paused(True)
 
     def resume_candidacy(self) -> None:
         """Undo ``pause_candidacy``."""
-        if not self._started:
-            self._paused_at_start = False
-        elif not self._finished:
-            self._submit(False)
+        self._set_paused(False)
 
-    def _submit(self, command: TransferLeadership | bool) -> None:
-        self._commands.append(command)
-        if self._wake_driver is not None:
-            self._wake_driver()
+    def _set_paused(self, paused: bool) -> None:
+        runtime = self._runtime
+        if runtime.core is None:
+            runtime.paused_at_start = paused
+        elif not runtime.finished:
+            runtime.submit(PauseCandidacy(paused))
 
     async def wait_changed(self) -> None:
         """Wait until the role, term, leader or lease of this node changes, or the election ends."""
-        if self._finished:
-            await anyio.lowlevel.checkpoint()
-            return
-        if self._changed is None:
-            self._changed = anyio.Event()
-        await self._changed.wait()
-
-    # ------------------------------------------------------- driver's hooks
-
-    def _notify_changed(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    def _claim(self) -> None:
-        if self._started:
-            raise RuntimeError(f"the election of node {self.self_id!r} has already been started; build a new state")
-        self._started = True
-
-    def _attach(self, core: Election, clock: Callable[[], float]) -> None:
-        self._core = core
-        self._clock = clock
-
-    def _publish(self, event: LeaderChanged) -> None:
-        for sub in list(self._subscriptions):
-            sub._push(event)
-
-    def _finish(self) -> None:
-        self._finished = True
-        self._wake_driver = None
-        self._notify_changed()
-        self._inbox.close()
-        for sub in list(self._subscriptions):
-            sub._end()
-        self._subscriptions.clear()
+        await self._runtime.wait_changed()

@@ -28,6 +28,7 @@ from typing import final
 
 import anyio
 
+from ._errors import raise_single
 from ._messages import NodeId, Role
 from ._state import RaftElectionState
 
@@ -104,6 +105,8 @@ async def leading(state: RaftElectionState) -> AsyncIterator[Lease]:
     The body is cancelled as soon as the lease or leadership is lost (at the
     latest when the lease runs out); the ``async with`` then ends normally.
     Check ``lease.valid()`` afterwards to tell a finished body from a lost lease.
+    An exception raised in the body comes out as itself, not wrapped in an
+    exception group.
 
     Raises:
         RuntimeError: the election ended before this node led.
@@ -117,12 +120,17 @@ async def leading(state: RaftElectionState) -> AsyncIterator[Lease]:
     if lease is None:
         raise RuntimeError(f"the election of node {state.self_id!r} ended before it led")
     with anyio.CancelScope(deadline=state.lease_expires_at) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_guard, state, lease, scope)
-            try:
-                yield lease
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_guard, state, lease, scope)
+                try:
+                    yield lease
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseException as error:
+            # The body's exception comes out as itself, not in an exception group.
+            raise_single(error)
+            raise
 
 
 async def run_while_leader(
@@ -147,7 +155,10 @@ async def run_while_leader(
             work again only after its next win.
 
     An exception raised by the work is logged on the ``almost_raft`` logger and
-    never ends the election or this function.  Returns when the election ends.
+    never ends the election or this function.  ``LeaseLost`` from
+    ``lease.check()`` is the normal end of a lease, not an error: it is logged
+    as one INFO line, never resigns, and the work runs again when the lease is
+    regained, as a cancelled one does.  Returns when the election ends.
     """
     done_in: tuple[int, bool] | None = None  # (term, the work finished in it)
     while True:
@@ -155,6 +166,7 @@ async def run_while_leader(
         if lease is None:
             return
         finished = False
+        lease_lost: LeaseLost | None = None
         logger.info("node %r term %d: leader work starting", state.self_id, lease.term)
         with anyio.CancelScope(deadline=state.lease_expires_at) as scope:
             async with anyio.create_task_group() as tg:
@@ -162,13 +174,30 @@ async def run_while_leader(
                 try:
                     await work(lease)
                     finished = True
+                except LeaseLost as exc:
+                    if lease.valid():
+                        # Not this lease's end (a stale Lease's check, say): an error like any other.
+                        finished = True
+                        _work_raised(state, lease, resign_on_error)
+                    else:
+                        # ``lease.check()`` saw the lease end before the guard
+                        # cancelled the work: the normal end of a lease, like
+                        # the cancellation, and no reason to resign.
+                        lease_lost = exc
                 except Exception:
                     finished = True
-                    logger.exception("node %r term %d: leader work raised", state.self_id, lease.term)
-                    if resign_on_error and state.role is Role.LEADER:
-                        state.transfer_leadership()
+                    _work_raised(state, lease, resign_on_error)
                 finally:
                     tg.cancel_scope.cancel()
-        if scope.cancelled_caught or not finished:
+        if lease_lost is not None:
+            logger.info("node %r term %d: leader work stopped: %s", state.self_id, lease.term, lease_lost)
+        elif scope.cancelled_caught or not finished:
             logger.info("node %r term %d: leader work cancelled, the lease was lost", state.self_id, lease.term)
         done_in = (lease.term, finished)
+
+
+def _work_raised(state: RaftElectionState, lease: Lease, resign_on_error: bool) -> None:
+    """Log the exception being handled, and resign if asked to."""
+    logger.exception("node %r term %d: leader work raised", state.self_id, lease.term)
+    if resign_on_error and state.role is Role.LEADER:
+        state.transfer_leadership()

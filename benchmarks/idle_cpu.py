@@ -188,7 +188,7 @@ async def _memory(n: int, seconds: float) -> dict[str, object]:
             min_nodes=n,
             rng=random.Random(node_id),
         )
-        network.register(node_id, control, state=state)
+        network.register(node_id, control)
         states.append(state)
         controls.append(control)
     try:

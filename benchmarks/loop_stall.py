@@ -79,7 +79,7 @@ async def _process_run(stall: float, stalls: int, period: float, seed: int) -> d
     controls = []
     for node_id in IDS:
         state, control = _state(node_id, [network.node(p, sender_id=node_id) for p in IDS if p != node_id], seed)
-        network.register(node_id, control, state=state)
+        network.register(node_id, control)
         states.append(state)
         controls.append(control)
     try:

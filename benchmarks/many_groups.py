@@ -1,7 +1,11 @@
 """Many independent 3-node election groups in one process (one group per shard, as in multi-raft).
 
-``G`` groups of three nodes each run ``raft_election`` over one in-memory
-network (``MemoryNetwork``) in one process, with a 100 ms heartbeat and a
+``G`` groups of three nodes each run their election over one in-memory
+network (``MemoryNetwork``) in one process, either through one
+``ElectionHost`` (``--driver host``, the default here: one task steps every
+core, messages go straight into it) or with one ``raft_election`` task per
+node (``--driver default``: the path every other user runs, messages through
+each node's ``control``), with a 100 ms heartbeat and a
 300 ms election timeout (timeouts drawn from [300, 600) ms).  After every
 group has elected a leader and settled, the benchmark watches for
 ``--duration`` seconds and reports:
@@ -23,6 +27,7 @@ spurious elections.
     python benchmarks/many_groups.py                      # G = 10, 100, 1000, 10000; 60 s each; asyncio and trio
     python benchmarks/many_groups.py --quick              # asyncio, G = 10, 100; 2 s each
     python benchmarks/many_groups.py --groups 1000 --duration 20 --backends asyncio
+    python benchmarks/many_groups.py --groups 100 --duration 20 --backends asyncio --driver default
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from almost_raft import Heartbeat, Message, RaftElectionState, Role, raft_election
 from almost_raft._messages import ControlMessage, NodeId
+from almost_raft.host import ElectionHost
 from almost_raft.transports.memory import MemoryNetwork
 
 HEARTBEAT = 0.100
@@ -101,14 +107,16 @@ async def _lag_probe(lags: list[float], stop: anyio.Event) -> None:
 
 
 async def run_groups(
-    groups: int, duration: float, sample: int, seed: int, direct: bool = True, freeze: bool = False
+    groups: int, duration: float, sample: int, seed: int, hosted: bool = True, freeze: bool = False
 ) -> dict[str, object]:
     """Run *groups* groups, wait for them to elect, and watch them for *duration* seconds.
 
-    With *direct*, each node is registered on the network with its state, so
-    messages reach its election without a task switch; otherwise they go
+    With *hosted*, one ``ElectionHost`` runs every election and each node is
+    registered on the network with the host, so messages reach it without a
+    task switch; otherwise each node runs ``raft_election`` and messages go
     through its ``control`` stream.
     """
+    host = ElectionHost() if hosted else None
     gc.collect()
     rss_before = rss_bytes()
     network = MemoryNetwork()
@@ -134,16 +142,21 @@ async def run_groups(
             )
             if g % step == 0 and len(sampled) < 3 * sample:
                 sampled.add(node_id)
-            network.register(node_id, control, state=state if direct else None)
+            if host is None:
+                network.register(node_id, control)
+            else:
+                network.register(node_id, control, host=host, state=state)
             controls.append(control)
             states.append(state)
         all_states.append(states)
     taps = _Taps(network, sampled)
-    result: dict[str, object] = {"groups": groups, "nodes": 3 * groups, "direct": direct, "gc_freeze": freeze}
+    result: dict[str, object] = {"groups": groups, "nodes": 3 * groups, "hosted": hosted, "gc_freeze": freeze}
     async with anyio.create_task_group() as tg:
+        if host is not None:
+            await tg.start(host.run)
         for states in all_states:
             for state in states:
-                tg.start_soon(raft_election, state)
+                tg.start_soon(raft_election if host is None else host.run_election, state)
         started = time.perf_counter()
         result["build_s"] = started - build_start
         # Wait until every group agrees on a leader (cold start).
@@ -230,7 +243,7 @@ def run_one(args: argparse.Namespace) -> None:
         args.duration,
         args.sample,
         args.seed,
-        args.transport == "direct",
+        args.driver == "host",
         args.gc_freeze,
         backend=args.backend[0],
     )
@@ -252,10 +265,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         help="gc.freeze() once the groups have elected (no full collections of them)",
     )
     parser.add_argument(
-        "--transport",
-        choices=["direct", "control"],
-        default="direct",
-        help="direct: nodes registered with their state (no task switch per message); control: through control streams",
+        "--driver",
+        choices=["host", "default"],
+        default="host",
+        help="host: one ElectionHost runs every election; default: one raft_election task per node",
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 str(args.sample),
                 "--seed",
                 str(args.seed),
-                "--transport",
-                args.transport,
+                "--driver",
+                args.driver,
                 *(["--gc-freeze"] if args.gc_freeze else []),
             ]
             print(f"running {backend} G={groups} ...", file=sys.stderr, flush=True)
@@ -345,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         )
     info = machine()
     print(
-        f"many groups: 3-node groups in one process, h={HEARTBEAT * 1000:.0f} ms, T={TIMEOUT * 1000:.0f} ms, "
+        f"many groups ({'one ElectionHost' if args.driver == 'host' else 'one raft_election task per node'}): "
+        f"3-node groups in one process, h={HEARTBEAT * 1000:.0f} ms, T={TIMEOUT * 1000:.0f} ms, "
         f"{args.duration:g} s each ({info['cpu']}, {info['nproc']} CPUs, Python {info['python']})"
     )
     print(f"load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}")
@@ -364,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         )
     data: dict[str, object] = {
         "quick": args.quick,
+        "driver": args.driver,
         "duration_s": args.duration,
         "heartbeat_interval": HEARTBEAT,
         "election_timeout": TIMEOUT,

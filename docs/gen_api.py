@@ -14,7 +14,16 @@ import re
 import sys
 from pathlib import Path
 
-MODULES = ("almost_raft", "almost_raft.leadership", "almost_raft.testing", "almost_raft.transports")
+MODULES = (
+    "almost_raft",
+    "almost_raft.host",
+    "almost_raft.leadership",
+    "almost_raft.node",
+    "almost_raft.asgi",
+    "almost_raft.status",
+    "almost_raft.testing",
+    "almost_raft.transports",
+)
 OUT = Path(__file__).with_name("api.md")
 
 
@@ -52,6 +61,16 @@ def _signature(obj: object) -> str:
     return re.sub(r" object at 0x[0-9a-fA-F]+", " object", text)  # stable across runs
 
 
+def _kind(func: object) -> str:
+    """How a callable is used: ``"async "`` for a coroutine function (``await`` it), ``"async with "``
+    for an async context manager function, else ``""``."""
+    if inspect.iscoroutinefunction(func):
+        return "async "
+    if inspect.isasyncgenfunction(getattr(func, "__wrapped__", None)):
+        return "async with "
+    return ""
+
+
 def _member_lines(cls: type) -> list[str]:
     lines: list[str] = []
     for name, member in vars(cls).items():
@@ -61,9 +80,9 @@ def _member_lines(cls: type) -> list[str]:
             lines.append(f"- `{name}` (property): {_doc(member).splitlines()[0]}")
         elif isinstance(member, classmethod):
             func = member.__func__
-            lines.append(f"- `{name}{_signature(func)}` (classmethod): {_doc(func).splitlines()[0]}")
+            lines.append(f"- `{_kind(func)}{name}{_signature(func)}` (classmethod): {_doc(func).splitlines()[0]}")
         elif inspect.isfunction(member):
-            lines.append(f"- `{name}{_signature(member)}`: {_doc(member).splitlines()[0]}")
+            lines.append(f"- `{_kind(member)}{name}{_signature(member)}`: {_doc(member).splitlines()[0]}")
     return lines
 
 
@@ -72,6 +91,10 @@ def render() -> str:
         "# API reference",
         "",
         "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand.",
+        "",
+        "`async name(...)` is a coroutine function: call it with `await` (and write it with `async def`",
+        "when you implement a protocol such as `Node` or `Storage`). `async with name(...)` is an async",
+        "context manager.",
         "",
     ]
     for module_name in MODULES:
@@ -91,7 +114,7 @@ def render() -> str:
                 if members:
                     parts += [*members, ""]
             elif callable(obj) and not hasattr(obj, "__origin__"):
-                parts += [f"### `{name}{_signature(obj)}`", "", _doc(obj), ""]
+                parts += [f"### `{_kind(obj)}{name}{_signature(obj)}`", "", _doc(obj), ""]
             else:
                 parts += [f"### `{name}`", "", f"Type alias: `{obj}`", ""]
     return "\n".join(parts).rstrip() + "\n"

@@ -60,6 +60,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args()
+    if args.backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            parser.error("--backend trio needs trio: pip install -e '.[trio]'")
     print(
         f"almost_raft demo on {args.backend}: election timeout {1000 * ELECTION_TIMEOUT:.0f}-"
         f"{2000 * ELECTION_TIMEOUT:.0f} ms, heartbeat {1000 * HEARTBEAT_INTERVAL:.0f} ms"

@@ -23,8 +23,9 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from almost_raft import RaftElectionState, Role, raft_election
+from almost_raft import RaftElectionState, Role
 from almost_raft._messages import NodeId
+from almost_raft.host import ElectionHost
 from almost_raft.testing import LocalCluster
 from almost_raft.transports.memory import MemoryNetwork
 
@@ -68,9 +69,10 @@ def disturbances(states: Sequence[RaftElectionState]) -> tuple[int, int, set[tup
 
 
 @asynccontextmanager
-async def direct_cluster(n: int, seed: int) -> AsyncIterator[list[RaftElectionState]]:
-    """*n* nodes registered on a ``MemoryNetwork`` with their states: messages skip ``control``."""
+async def hosted_cluster(n: int, seed: int) -> AsyncIterator[list[RaftElectionState]]:
+    """*n* nodes run by one ``ElectionHost``, registered with it on a ``MemoryNetwork``: messages skip ``control``."""
     network = MemoryNetwork()
+    host = ElectionHost()
     ids = [f"d{i}" for i in range(n)]
     states: list[RaftElectionState] = []
     controls = []
@@ -84,13 +86,14 @@ async def direct_cluster(n: int, seed: int) -> AsyncIterator[list[RaftElectionSt
             min_nodes=n,
             rng=random.Random(f"{seed}/{node_id}"),
         )
-        network.register(node_id, control, state=state)
+        network.register(node_id, control, host=host, state=state)
         states.append(state)
         controls.append(control)
     try:
         async with anyio.create_task_group() as tg:
+            await tg.start(host.run)
             for state in states:
-                await tg.start(raft_election, state)
+                await tg.start(host.run_election, state)
             yield states
             tg.cancel_scope.cancel()
     finally:
@@ -163,15 +166,15 @@ async def test_local_cluster_steady_under_a_hogged_loop() -> None:
         await check_steady_under_load([cluster.states[n] for n in cluster.ids])
 
 
-async def test_direct_delivery_steady_under_a_hogged_loop() -> None:
-    """Through the in-memory fast path (nodes registered with their state): the same load, no election."""
-    async with direct_cluster(3, seed=7) as states:
+async def test_hosted_steady_under_a_hogged_loop() -> None:
+    """Through an ``ElectionHost`` and the in-memory fast path: the same load, no election."""
+    async with hosted_cluster(3, seed=7) as states:
         await check_steady_under_load(states)
 
 
 async def test_a_stall_longer_than_the_timeout_is_noticed() -> None:
     """The control: one stall past ``T_max`` makes the leader step down, and the cluster elects again."""
-    async with direct_cluster(3, seed=8) as states:
+    async with hosted_cluster(3, seed=8) as states:
         with anyio.fail_after(5):
             await wait_agreed(states)
         started, step_downs, _ = disturbances(states)

@@ -1,9 +1,9 @@
 """Messages, control messages, events and ``HardState``: checked constructors and value semantics.
 
-DESIGN: "Messages and events are frozen dataclasses with slots, they compare
-by value, and their constructors reject bad values at once (``TypeError`` /
-``ValueError``: a negative or non-integer term, an id that is neither ``str``
-nor ``int``)."  Each error names the field.
+docs/specification.md ("Messages"): messages and events are frozen
+dataclasses with slots that compare by value, and their constructors reject
+bad values at once (``TypeError`` / ``ValueError``: a negative or
+non-integer term, an id that is neither ``str`` nor ``int``).  Each error names the field.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_bad_ids_are_rejected_naming_the_field(cls: type, field: str, bad: objec
 
 @pytest.mark.parametrize(("cls", "field"), ID_FIELDS, ids=[f"{c.__name__}.{f}" for c, f in ID_FIELDS])
 def test_none_is_an_id_only_where_documented(cls: type, field: str) -> None:
-    """``None`` means "no leader / no target / no vote" where DESIGN says so, and is refused elsewhere."""
+    """``None`` means "no leader / no target / no vote" where the specification says so, and is refused elsewhere."""
     if (cls, field) in OPTIONAL_IDS:
         assert getattr(_build(cls, **{field: None}), field) is None
     else:
@@ -246,5 +246,5 @@ def test_every_peer_message_names_its_sender_and_validates_again() -> None:
 
 
 def test_role_members() -> None:
-    """``Role`` has exactly DESIGN's four members, upper case."""
+    """``Role`` has exactly the specification's four members, upper case."""
     assert [r.name for r in Role] == ["FOLLOWER", "CANDIDATE", "LEADER", "TERMINATED"]

@@ -1,10 +1,10 @@
-"""The public names are exactly DESIGN.md's."""
+"""The public names of ``almost_raft`` are exactly those the specification and the README document."""
 
 from __future__ import annotations
 
 import almost_raft
 
-DESIGN_NAMES = {
+PUBLIC_NAMES = {
     "Node",
     "RaftElectionState",
     "raft_election",
@@ -30,8 +30,8 @@ DESIGN_NAMES = {
 
 def test_all_is_design_names() -> None:
     assert isinstance(almost_raft.__all__, tuple)
-    assert set(almost_raft.__all__) == DESIGN_NAMES
-    assert len(almost_raft.__all__) == len(DESIGN_NAMES)
+    assert set(almost_raft.__all__) == PUBLIC_NAMES
+    assert len(almost_raft.__all__) == len(PUBLIC_NAMES)
 
 
 def test_every_name_is_importable_and_documented() -> None:

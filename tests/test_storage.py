@@ -1,14 +1,15 @@
 """``MemoryStorage`` and ``FileStorage``, on both anyio backends.
 
-DESIGN: "``storage`` ... defaults to memory; a file-backed one writes
-atomically and fsyncs.  ...  A restarted node comes back with the saved term
-and vote."  ``FileStorage.load`` raises ``ValueError`` for a file it cannot
+docs/specification.md ("I/O and persistence"): the storage defaults to
+memory; ``FileStorage`` writes atomically and fsyncs; a restarted node comes
+back with the saved term and vote.  ``FileStorage.load`` raises ``ValueError`` for a file it cannot
 understand: a corrupt file is never read as "term 0, no vote", which would
 let a restarted node vote twice in one term.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import anyio
 import pytest
 
 from almost_raft import FileStorage, HardState, LeaderChanged, MemoryStorage, RaftElectionState, raft_election
+from almost_raft._messages import MAX_TERM
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -57,9 +59,81 @@ async def test_file_storage_round_trip(tmp_path: Path) -> None:
         assert await FileStorage(path).load() == hs, "read from the file, not from a cache"
 
 
-async def test_missing_directory_loads_none(tmp_path: Path) -> None:
-    """A path whose directory does not exist yet has no state either."""
-    assert await FileStorage(tmp_path / "nope" / "state.json").load() is None
+async def test_a_missing_directory_is_an_error_at_load(tmp_path: Path) -> None:
+    """A directory that does not exist fails ``load`` with a clear ``FileNotFoundError``, not the first vote."""
+    path = tmp_path / "nope" / "state.json"
+    with pytest.raises(FileNotFoundError, match=r"state\.json.*directory .*nope.* does not exist") as info:
+        await FileStorage(path).load()
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "nope").exists(), "load creates nothing"
+
+
+async def test_a_directory_that_cannot_hold_files_is_an_error_at_load(tmp_path: Path) -> None:
+    """A "directory" that is a file (``ENOTDIR``; root ignores permission bits, this it cannot) fails ``load``."""
+    (tmp_path / "plain-file").write_bytes(b"")
+    path = tmp_path / "plain-file" / "state.json"
+    with pytest.raises(NotADirectoryError, match=r"state\.json.*cannot create a file in"):
+        await FileStorage(path).load()
+
+
+async def test_load_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """The write check at ``load`` creates the temporary file and removes it again."""
+    path = tmp_path / "state.json"
+    assert await FileStorage(path).load() is None
+    assert os.listdir(tmp_path) == []
+    await FileStorage(path).save(HardState(2, "b"))
+    assert await FileStorage(path).load() == HardState(2, "b")
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+async def test_a_storage_that_cannot_be_written_fails_start_with_a_plain_exception(tmp_path: Path) -> None:
+    """``await tg.start(raft_election, state)`` raises the storage's ``OSError`` itself, not an exception group."""
+    state, close = _single_node(FileStorage(tmp_path / "nope" / "a.json"))
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                with pytest.raises(FileNotFoundError, match=r"a\.json") as info:
+                    await tg.start(raft_election, state)
+                assert type(info.value) is FileNotFoundError
+    finally:
+        close()
+    assert state.term == 0
+
+
+async def test_a_failed_save_names_the_file_and_keeps_the_errno(tmp_path: Path) -> None:
+    """A save that fails at run time raises ``OSError`` with the state file's name and the system's errno.
+
+    The target replaced by a directory makes the rename fail for real (``EISDIR``).
+    """
+    path = tmp_path / "state.json"
+    storage = FileStorage(path)
+    await storage.save(HardState(1, "a"))
+    path.unlink()
+    path.mkdir()
+    (path / "keep").write_bytes(b"")
+    with pytest.raises(OSError, match=r"state\.json") as info:
+        await storage.save(HardState(2, "b"))
+    assert info.value.errno == errno.EISDIR
+    assert info.value.filename == str(path)
+    assert sorted(os.listdir(tmp_path)) == ["state.json"], "the temporary file is removed"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO], ids=["ENOSPC", "EROFS", "EIO"])
+async def test_a_write_error_without_a_file_name_gets_the_state_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """``fsync`` errors carry no file name: the storage adds its own, and keeps the errno."""
+    path = tmp_path / "state.json"
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match=rf"\[Errno {code}\] .*state\.json") as info:
+        await FileStorage(path).save(HardState(1, "a"))
+    assert info.value.errno == code
+    assert info.value.filename == str(path)
+    assert os.listdir(tmp_path) == []
 
 
 async def test_file_storage_replaces_the_file_whole(tmp_path: Path) -> None:
@@ -76,7 +150,7 @@ async def test_file_storage_replaces_the_file_whole(tmp_path: Path) -> None:
 
 
 async def test_file_storage_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DESIGN: the file-backed storage fsyncs (the file, then its directory) before ``save`` returns."""
+    """Specification: the file-backed storage fsyncs (the file, then its directory) before ``save`` returns."""
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -169,6 +243,39 @@ async def test_the_good_body_itself_loads(tmp_path: Path) -> None:
     assert await FileStorage(path).load() == HardState(9, "node-b")
 
 
+@pytest.mark.parametrize(
+    ("term", "why"),
+    [(2**63, "cannot carry"), (2**63 - 1, "no room to grow"), (2**62 + 1, "no room to grow"), (2**70, "cannot carry")],
+    ids=["2**63", "2**63-1", "MAX_TERM+1", "2**70"],
+)
+async def test_a_term_beyond_max_term_is_refused_at_start(tmp_path: Path, term: int, why: str) -> None:
+    """Issue 14: a file whose term the wire cannot carry, or that leaves no room to grow, is refused at ``load``.
+
+    Such a node would stop its cluster from electing (the next candidate
+    needs a term above it), so it fails at start, with the way out.
+    """
+    path = tmp_path / "state.json"
+    path.write_bytes(_doc(term=term))
+    with pytest.raises(
+        ValueError, match=rf"state\.json: term {term} is above MAX_TERM.*{why}.*remove their state files"
+    ):
+        await FileStorage(path).load()
+
+
+async def test_the_largest_term_a_node_holds_loads(tmp_path: Path) -> None:
+    """``MAX_TERM`` itself is a term a node can hold (it follows, it cannot stand): it loads."""
+    path = tmp_path / "state.json"
+    path.write_bytes(_doc(term=MAX_TERM))
+    assert await FileStorage(path).load() == HardState(MAX_TERM, "b")
+
+
+def test_hard_state_refuses_a_term_above_max_term() -> None:
+    """``HardState`` validates like the messages: no node ever holds a term above ``MAX_TERM``."""
+    assert HardState(MAX_TERM).term == MAX_TERM
+    with pytest.raises(ValueError, match="MAX_TERM"):
+        HardState(MAX_TERM + 1)
+
+
 # --------------------------------------------------------- restart via the driver
 
 
@@ -192,7 +299,7 @@ async def _run_until_leader(state: RaftElectionState, *, after_term: int) -> Lea
 
 
 async def test_a_restarted_node_comes_back_with_its_saved_term_and_vote(tmp_path: Path) -> None:
-    """DESIGN: the term and vote are saved before they are acted on, and a restarted node reloads them."""
+    """Specification: the term and vote are saved before they are acted on, and a restarted node reloads them."""
     storage = FileStorage(tmp_path / "a.json")
     state, close = _single_node(storage)
     try:

@@ -6,7 +6,7 @@
 with no event loop: per-link delays, loss, duplication and reordering,
 partitions (symmetric, one-way, partial), crashes, restarts with or without
 storage, pauses and clock drift, scripted or random (``RandomFaults``).  A
-``SafetyChecker`` checks DESIGN.md's safety rules after every step and a
+``SafetyChecker`` checks the safety rules of docs/specification.md after every step and a
 broken rule raises ``SafetyViolation`` with the seed and a transcript.
 ``random_simulation``/``soak`` draw whole configurations and fault
 schedules from a seed.  ``explore`` visits every interleaving of a small

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, final
 
@@ -11,11 +11,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .._core import Election
 from .._driver import raft_election
 from .._messages import ControlMessage, LeaderChanged, Message, NodeId, RemoveNode, Role
+from .._protocols import Storage
 from .._state import RaftElectionState
 from .._storage import MemoryStorage
+from ..host import ElectionHost
 from ..transports.memory import MemoryNetwork
+from ._safety import SafetyChecker, SafetyViolation
 
 
 @final
@@ -30,6 +34,13 @@ class LocalCluster:
         nodes: how many nodes (ids ``"n1"``, ``"n2"``, ...) or their ids.
         seed: seeds each node's ``random.Random`` (``None``: unseeded).
         latency: one-way delay of every message, in seconds.
+        host: run the elections in this ``ElectionHost`` (its ``run`` must be
+            running) instead of one ``raft_election`` task per node.
+        check_safety: check the safety rules after every step of every node
+            with a ``SafetyChecker`` (``checker``); the first broken one
+            raises ``SafetyViolation`` from the node's election.
+        storage: builds each node's storage from its id (default: a
+            ``MemoryStorage``); a node keeps its storage across restarts.
         **options: passed to ``RaftElectionState.init`` for every node
             (``election_timeout``, ``heartbeat_interval``, ...).  ``min_nodes``
             defaults to the cluster size, the safe choice.
@@ -46,6 +57,9 @@ class LocalCluster:
         *,
         seed: int | None = None,
         latency: float = 0.0,
+        host: ElectionHost | None = None,
+        check_safety: bool = False,
+        storage: Callable[[NodeId], Storage] | None = None,
         **options: Any,
     ) -> None:
         ids: list[NodeId] = [f"n{i + 1}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
@@ -58,13 +72,18 @@ class LocalCluster:
         self._seed = seed
         self._options = dict(options)
         self._options.setdefault("min_nodes", len(ids))
-        self.storages: dict[NodeId, MemoryStorage] = {i: MemoryStorage() for i in ids}
+        make_storage: Callable[[NodeId], Storage] = storage or (lambda _node_id: MemoryStorage())
+        self.storages: dict[NodeId, Storage] = {i: make_storage(i) for i in ids}
+        """Each node's storage, kept across its restarts."""
         self.states: dict[NodeId, RaftElectionState] = {}
         self.controls: dict[NodeId, MemoryObjectSendStream[ControlMessage | Message]] = {}
         self._scopes: dict[NodeId, anyio.CancelScope] = {}
         self._tg: TaskGroup | None = None
         self._changed: anyio.Event | None = None
         self._incarnation = 0
+        self.host = host
+        self.checker: SafetyChecker | None = SafetyChecker() if check_safety else None
+        """The safety checker, with ``check_safety=True``."""
 
     async def __aenter__(self) -> LocalCluster:
         self._tg = anyio.create_task_group()
@@ -91,7 +110,21 @@ class LocalCluster:
         )
         self.states[node_id] = state
         self.controls[node_id] = control
-        self.network.register(node_id, control, state=state)
+        if self.host is None:
+            self.network.register(node_id, control)
+        else:
+            self.network.register(node_id, control, host=self.host, state=state)
+        checker = self.checker
+        if checker is not None:
+
+            def observe(core: Election, events: tuple[LeaderChanged, ...], now: float) -> None:
+                violation = checker.observe(
+                    node_id, core.role, core.term, core.voted_for, core.lease_expires_at, now, events
+                )
+                if violation is not None:
+                    raise SafetyViolation(violation, seed=self._seed, transcript=[], hint="a LocalCluster run")
+
+            state.runtime.observer = observe
         return state
 
     async def start(self, node_id: NodeId) -> None:
@@ -111,10 +144,15 @@ class LocalCluster:
             self._scopes[node_id] = scope
             try:
                 async with anyio.create_task_group() as tg:
-                    await tg.start(raft_election, state)
+                    if self.host is None:
+                        await tg.start(raft_election, state)
+                    else:
+                        await tg.start(self.host.run_election, state)
                     tg.start_soon(self._watch, state)
                     task_status.started()
             finally:
+                if self.checker is not None:
+                    self.checker.crashed(node_id)  # a node that is gone holds no lease
                 if self._scopes.get(node_id) is scope:
                     del self._scopes[node_id]
                 self.network.unregister(node_id)

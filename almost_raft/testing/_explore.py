@@ -61,7 +61,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
-from .._core import Config, CoreCounters, Election, Output
+from .._config import Config, make_config
+from .._core import CoreCounters, Election, Output
+from .._executor import Executor
 from .._messages import LeaderChanged, Message, NodeId, Role
 from .._protocols import HardState
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
@@ -131,8 +133,11 @@ _IMMUTABLE = (int, float, str, bool, type(None), tuple, frozenset, Role, Config,
 # Times the core only ever compares as ``now >= t`` or ``now < t``: once in
 # the past, how long ago no longer matters.
 _DEADLINES = frozenset(
-    {"_election_deadline", "_sticky_until", "_heartbeat_deadline", "_transfer_deadline", "_lease_expires_at"}
+    {"_election_deadline", "_sticky_until", "heartbeat_deadline", "transfer_deadline", "lease_expires_at"}
 )
+# The state of the current role (``Election._cand``, ``Election._lead``):
+# ``None`` or a small object with ``__slots__`` and ``copy()``.
+_ROLE_STATES = frozenset({"_cand", "_lead"})
 
 
 @final
@@ -172,7 +177,8 @@ class _Layout:
         self.size = len(fields)
         self.horizon = horizon
         self.mutable = tuple(n for n, v in fields.items() if type(v) in (dict, list, set))
-        keyed = [n for n in fields if n not in _SKIP_IN_KEY]
+        self.roles = tuple(n for n in fields if n in _ROLE_STATES)
+        keyed = [n for n in fields if n not in _SKIP_IN_KEY and n not in _ROLE_STATES]
         floats = [n for n in keyed if type(fields[n]) is float]
         self.dicts = tuple(n for n in keyed if type(fields[n]) is dict)
         self.plain = operator.itemgetter(*[n for n in keyed if n not in floats and n not in self.dicts])
@@ -189,6 +195,10 @@ class _Layout:
         copy.update(fields)
         for name in self.mutable:
             copy[name] = fields[name].copy()
+        for name in self.roles:
+            state = fields[name]
+            if state is not None:
+                copy[name] = state.copy()
         return new
 
     def key(self, core: Election, now: float) -> int:
@@ -219,7 +229,27 @@ class _Layout:
                 parts.append(tuple([(k, (t if t > floor else floor) - now) for k, t in value.items()]))
             else:
                 parts.append(tuple(value.items()))
+        for name in self.roles:
+            parts.append(_role_key(fields[name], now, floor))
         return hash(tuple(parts))
+
+
+def _role_key(state: object, now: float, floor: float) -> object:
+    """The key of one role's state (``Election._cand`` or ``_lead``), times relative to *now* as in ``key``."""
+    if state is None:
+        return None
+    parts: list[object] = [type(state).__name__]
+    for name in getattr(state, "__slots__", ()):
+        value = getattr(state, name)
+        if type(value) is float:
+            limit = now if name in _DEADLINES else floor
+            value = (value if value > limit else limit) - now
+        elif type(value) is dict:
+            value = tuple(
+                [(k, (t if t > floor else floor) - now) if type(t) is float else (k, t) for k, t in value.items()]
+            )
+        parts.append(value)
+    return tuple(parts)
 
 
 # ------------------------------------------------------------------ states
@@ -313,17 +343,19 @@ class _Explorer:
         self.max_heartbeats = max_heartbeats
         timeout = float(timeout_quanta)
         self.configs = tuple(
-            Config(
-                self_id=node_id,
+            make_config(
+                node_id,
                 election_timeout=timeout,
                 election_timeout_max=timeout,
                 heartbeat_interval=timeout / 2,
                 min_nodes=len(ids),
                 max_nodes=len(ids),
+                peer_ids=[i for i in ids if i != node_id],
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
-                lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
                 split_vote_retry=split_vote_retry,
+                clock_drift=clock_drift,
+                warn=False,
             )
             for node_id in ids
         )
@@ -503,7 +535,16 @@ class _Explorer:
     ) -> list[tuple[_State, Violation | None]]:
         """The states after a step of node *i*: one per choice of the sends that fit in flight."""
         sender = self.ids[i]
-        sends = [(self.index[to], sender, message) for to, message in out.sends]
+        # The driver's executor carries the output out; saves are instant
+        # here, so storage always holds the core's term and vote (which is
+        # what a restart comes back with).
+        index = self.index
+        sends: list[_Item] = []
+        events: list[LeaderChanged] = []
+        executor = Executor(lambda to, message: sends.append((index[to], sender, message)), events.append)
+        executor.submit(out)
+        while executor.pending_save is not None:
+            executor.saved()
         room = max(self.max_in_flight - len(inflight), 0)
         if len(sends) <= room:
             choices: list[tuple[_Item, ...]] = [tuple(sends)]
@@ -526,7 +567,7 @@ class _Explorer:
             checker = checker.copy()
             if crashed:
                 checker.crashed(sender)
-        violation = self._observe(checker, i, core, now, kind, detail, out.events)
+        violation = self._observe(checker, i, core, now, kind, detail, tuple(events))
         # A leader's timed heartbeat rounds in its current term (bounded).
         rounds = state.rounds
         if core.role is not Role.LEADER:

@@ -5,7 +5,8 @@ rules need: each node's latest term, every vote cast (by node and term), the
 leader of every term, and until when each node holds its lease (in true time,
 not the node's possibly drifting clock).  The simulator and the explorer call
 ``observe`` after every step of every node; the first broken rule comes back
-as a ``Violation``.  The rules are DESIGN.md's:
+as a ``Violation``.  The rules are those of docs/specification.md
+("Safety properties"):
 
 * at most one leader per term;
 * at most one node holding a valid lease at any instant;
@@ -214,7 +215,7 @@ class Transcript:
 
 @final
 class SafetyChecker:
-    """Checks DESIGN.md's safety rules after every step of every node.
+    """Checks the safety rules of docs/specification.md after every step of every node.
 
     The checker remembers what the nodes may forget (votes of earlier
     incarnations, the leaders of past terms), so it also catches a node that

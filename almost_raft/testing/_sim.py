@@ -13,8 +13,8 @@ core is given that local time on every call, and its deadlines are turned
 back into true time to schedule them.  The safety checker compares leases in
 true time.
 
-After every step of every node the ``SafetyChecker`` checks DESIGN.md's
-safety rules; the first broken one stops the run with a ``SafetyViolation``
+After every step of every node the ``SafetyChecker`` checks the safety
+rules of docs/specification.md; the first broken one stops the run with a ``SafetyViolation``
 that names the seed and shows the last relevant steps.
 """
 
@@ -29,8 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, final
 
-from .._core import Config, Election, Output
-from .._messages import LeaderChanged, Message, NodeId, Role, check_node_id, check_seconds
+from .._config import Config, make_config
+from .._core import Election, Output
+from .._executor import Executor
+from .._messages import LeaderChanged, Message, NodeId, Role, check_node_id
 from .._protocols import HardState
 from ._faults import FaultInjector, LinkFaults, RandomFaults
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
@@ -97,6 +99,7 @@ class SimNode:
         "backlog",
         "config",
         "core",
+        "executor",
         "led_term",
         "node_id",
         "offset",
@@ -117,6 +120,8 @@ class SimNode:
         self.rng = rng
         self.core = core
         """The current incarnation's core (kept after a crash, for inspection)."""
+        self.executor: Executor | None = None
+        """Carries out the current incarnation's outputs (the driver's executor)."""
         self.status: NodeStatus = "up"
         self.rate = rate
         self.offset = offset
@@ -164,8 +169,10 @@ class Simulation:
 
     Drive it with ``run_for``, ``run_until``, ``run_until_true`` or
     ``run_deliveries``, and script faults with ``crash``, ``restart``,
-    ``pause``, ``resume``, ``cut``, ``partition``, ``set_link``,
-    ``set_clock_rate`` ... directly or at a virtual time with ``at``/``after``.
+    ``pause``, ``resume``, ``cut``, ``isolate``, ``partition``,
+    ``partial_partition``, ``set_link``, ``set_clock_rate``, and control
+    actions with ``transfer_leadership``, ``remove_peer`` and ``add_peer``,
+    directly or at a virtual time with ``at``/``after``.
 
     Raises:
         SafetyViolation: from any ``run_*`` call or fault, when a rule breaks.
@@ -200,17 +207,8 @@ class Simulation:
             check_node_id(node_id, "node id")
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate node ids in {ids!r}")
-        timeout = check_seconds("election_timeout", election_timeout)
-        timeout_max = 2 * timeout if election_timeout_max is None else float(election_timeout_max)
-        heartbeat = (
-            timeout / 3 if heartbeat_interval is None else check_seconds("heartbeat_interval", heartbeat_interval)
-        )
-        if timeout_max < timeout:
-            raise ValueError("election_timeout_max must be >= election_timeout")
-        if heartbeat > timeout / 2:
-            raise ValueError("heartbeat_interval must be at most half the election_timeout")
-        if not (0 <= clock_drift < 0.5 and 0 <= true_drift < 0.5):
-            raise ValueError("clock_drift and true_drift must be in [0, 0.5)")
+        if not (0 <= true_drift < 0.5):
+            raise ValueError("true_drift must be in [0, 0.5)")
         self.seed = seed
         self.log = log
         self.node_ids: tuple[NodeId, ...] = tuple(ids)
@@ -235,17 +233,19 @@ class Simulation:
         clock_rng = random.Random(f"{seed}/clocks")
         self._nodes: dict[NodeId, SimNode] = {}
         for node_id in ids:
-            config = Config(
-                self_id=node_id,
-                election_timeout=timeout,
-                election_timeout_max=timeout_max,
-                heartbeat_interval=heartbeat,
+            config = make_config(
+                node_id,
+                election_timeout=election_timeout,
+                election_timeout_max=election_timeout_max,
+                heartbeat_interval=heartbeat_interval,
                 min_nodes=len(ids),
                 max_nodes=max(len(ids), 1024),
+                peer_ids=[i for i in ids if i != node_id],
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
-                lease_duration=timeout * (1 - clock_drift) / (1 + clock_drift),
                 split_vote_retry=split_vote_retry,
+                clock_drift=clock_drift,
+                warn=False,
             )
             rng = random.Random(f"{seed}/node/{node_id!r}")
             rate, offset = 1.0, 0.0
@@ -473,16 +473,29 @@ class Simulation:
         self._apply(node, out, "tick", None)
 
     def _apply(self, node: SimNode, out: Output, kind: str, detail: object) -> None:
-        # Persist before sending, as the driver does.
-        if out.persist is not None:
-            node.saved = out.persist
-        node_id = node.node_id
-        for to, message in out.sends:
-            self._send(node_id, to, message)
-        for event in out.events:
-            self.leader_changes.append((self._now, node_id, event))
+        # The driver's executor carries the output out: saved (at once: the
+        # simulated disk never fails or lags), then sent, then published.
+        executor = node.executor
+        assert executor is not None
+        published = len(self.leader_changes)
+        executor.submit(out)
+        while (hard_state := executor.pending_save) is not None:
+            node.saved = hard_state
+            executor.saved()
+        events = tuple(e for _, _, e in self.leader_changes[published:])
         self._schedule_tick(node, out.next_deadline)
-        self._observe(node, kind, detail, out.events)
+        self._observe(node, kind, detail, events)
+
+    def _new_executor(self, node: SimNode) -> Executor:
+        node_id = node.node_id
+
+        def send(to: NodeId, message: Message) -> None:
+            self._send(node_id, to, message)
+
+        def publish(event: LeaderChanged) -> None:
+            self.leader_changes.append((self._now, node_id, event))
+
+        return Executor(send, publish)
 
     def _schedule_tick(self, node: SimNode, deadline: float) -> None:
         if deadline != node.tick_deadline:
@@ -536,6 +549,7 @@ class Simulation:
 
     def _started(self, node: SimNode, what: str) -> None:
         node.status = "up"
+        node.executor = self._new_executor(node)
         node.tick_deadline = math.nan
         self._schedule_tick(node, node.core.next_deadline)
         self._observe(node, what, None)

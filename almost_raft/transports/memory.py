@@ -7,14 +7,16 @@ cut and healed, one way or both, to test partitions in one process.
 
 from __future__ import annotations
 
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._driver import deliver_nowait
 from .._messages import ControlMessage, Message, NodeId
 from .._state import RaftElectionState
+
+if TYPE_CHECKING:
+    from ..host import ElectionHost
 
 
 @final
@@ -30,7 +32,7 @@ class MemoryNetwork:
             raise ValueError(f"latency must be >= 0, got {latency}")
         self.latency = latency
         self._controls: dict[NodeId, MemoryObjectSendStream[ControlMessage | Message]] = {}
-        self._states: dict[NodeId, RaftElectionState] = {}
+        self._direct: dict[NodeId, tuple[ElectionHost, RaftElectionState]] = {}
         self._cut: set[tuple[NodeId, NodeId]] = set()
         self.delivered = 0
         """Messages handed to a receiver's ``control``."""
@@ -42,6 +44,7 @@ class MemoryNetwork:
         node_id: NodeId,
         control: MemoryObjectSendStream[ControlMessage | Message],
         *,
+        host: ElectionHost | None = None,
         state: RaftElectionState | None = None,
     ) -> None:
         """Deliver messages for *node_id* into *control* (replaces an earlier registration).
@@ -49,23 +52,26 @@ class MemoryNetwork:
         Args:
             node_id: the receiving node.
             control: its ``control`` stream.
-            state: the node's ``RaftElectionState``, whose ``control`` this is.
-                Given, a message goes straight to its running election
-                without a task switch (the same checks and counters as through
-                ``control``); thousands of nodes in one process then cost a
-                fraction of the CPU.  Without it, or before the election runs,
-                messages go through ``control``.
+            host: the ``ElectionHost`` that runs the node's election, and
+            state: the node's state.  With both, a message goes straight
+                into the node's input in the host, without a task switch (the
+                same checks and counters as through ``control``); thousands of
+                nodes in one process then cost a fraction of the CPU.  Without
+                them, or while the host does not run that election, messages
+                go through ``control``.
         """
+        if (host is None) != (state is None):
+            raise ValueError("give both host and state, or neither")
         self._controls[node_id] = control
-        if state is None:
-            self._states.pop(node_id, None)
+        if host is None or state is None:
+            self._direct.pop(node_id, None)
         else:
-            self._states[node_id] = state
+            self._direct[node_id] = (host, state)
 
     def unregister(self, node_id: NodeId) -> None:
         """Take *node_id* off the network, as a crashed process: nothing reaches it, nothing leaves it."""
         self._controls.pop(node_id, None)
-        self._states.pop(node_id, None)
+        self._direct.pop(node_id, None)
 
     def node(self, peer_id: NodeId, *, sender_id: NodeId) -> MemoryNode:
         """Return the handle *sender_id* uses to reach *peer_id*."""
@@ -110,9 +116,10 @@ class MemoryNetwork:
         if control is None or sender_id not in controls or (self._cut and (sender_id, peer_id) in self._cut):
             self.dropped += 1
             return
-        state = self._states.get(peer_id)
-        if state is not None:
-            taken = deliver_nowait(state, message)
+        direct = self._direct.get(peer_id) if self._direct else None
+        if direct is not None:
+            host, state = direct
+            taken = host.deliver_nowait(state, message)
             if taken is not None:
                 if taken:
                     self.delivered += 1
@@ -157,11 +164,11 @@ class MemoryNode:
         await self._network.deliver(self._sender_id, self._node_id, message)
 
     def send_message_nowait(self, message: Message) -> None:
-        """Deliver *message* at once, without a task switch (the election's fast path).
+        """Deliver *message* at once, without waiting (the optional fast path of ``Node``).
 
-        ``raft_election`` calls this, when a ``Node`` has it, from its own loop
-        instead of going through the peer's sender task.  Delivery into the
-        peer's ``control`` never waits: a full buffer loses the message.
+        The election calls this instead of ``send_message`` when nothing is
+        queued for the peer.  Delivery into the peer's ``control`` never
+        waits: a full buffer loses the message.
 
         Raises:
             anyio.WouldBlock: the network has a ``latency``, or its ``deliver``

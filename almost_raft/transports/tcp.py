@@ -83,6 +83,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream,
 from anyio.streams.memory import MemoryObjectSendStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from .._errors import raise_single
 from .._messages import (
     ControlMessage,
     Heartbeat,
@@ -296,7 +297,7 @@ class TcpNode:
         return len(self._queue)
 
     async def send_message(self, message: Message) -> None:
-        """Send *message* to the peer, or queue it (see ``send_nowait``).
+        """Send *message* to the peer, or queue it (see ``send_message_nowait``).
 
         When a connection is open and idle the frame is written at once,
         which saves a task switch per message; otherwise it is queued for the
@@ -309,7 +310,7 @@ class TcpNode:
         """
         stream = self._stream
         if stream is None or self._busy or self._queue or self._closing or self._transport._closed:
-            self.send_nowait(message)
+            self.send_message_nowait(message)
             return
         frame = encode_message(message)
         self._watch_silence(message)
@@ -319,11 +320,13 @@ class TcpNode:
         self._transport._stats.messages_queued += 1
         await self._write(stream, frame, 1)
 
-    def send_nowait(self, message: Message) -> None:
-        """Queue *message* for the peer without waiting.
+    def send_message_nowait(self, message: Message) -> None:
+        """Queue *message* for the peer without waiting (the optional fast path of ``Node``).
 
-        When the queue is full the oldest frame is dropped and counted.  After
-        the transport closed, messages are dropped and counted.
+        The election calls this from its own task instead of ``send_message``,
+        so each peer has one queue, this one, and no sender task of the
+        election's.  When the queue is full the oldest frame is dropped and
+        counted.  After the transport closed, messages are dropped and counted.
 
         Raises:
             WireError: *message* cannot be encoded.
@@ -633,7 +636,9 @@ class TcpTransport:
 
     Use it as an async context manager; on a normal exit it gives the peers'
     queues up to ``flush_timeout`` seconds to drain (so that a leader's
-    ``TimeoutNow`` gets out before the process ends), then closes everything::
+    ``TimeoutNow`` gets out before the process ends), then closes everything.
+    An exception raised in the body comes out as itself, not wrapped in an
+    exception group::
 
         async with TcpTransport("a") as transport:
             b = transport.node("b", "127.0.0.1", 7002)
@@ -778,7 +783,13 @@ class TcpTransport:
                     if node._done is not None:
                         await node._done.wait()
         tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        except BaseException as error:
+            # The body's own exception (or a single one from a task) comes out
+            # as itself, not wrapped in an exception group.
+            raise_single(error)
+            raise
 
     def _task_group(self) -> TaskGroup:
         if self._tg is None:

@@ -469,12 +469,19 @@ class Pump:
         self.inflight = [(s, to, m) for s, to, m in self.inflight if to != node_id]
 
     def run(self, until: float, *, max_steps: int = 100_000) -> None:
-        """Deliver every message at once in FIFO order; fire the earliest timer while none is in flight."""
+        """Deliver every message at once in FIFO order; fire the earliest timer while none is in flight.
+
+        A timer already due (two nodes due at the same instant: the first one
+        fired and sent) fires before the next delivery, as it would in a driver.
+        """
         for _ in range(max_steps):
+            node_id, deadline = self.next_timer()
+            if deadline <= self.now:
+                self._tick_due(node_id, deadline)
+                continue
             if self.inflight:
                 self.deliver(0)
                 continue
-            node_id, deadline = self.next_timer()
             if deadline > until:
                 self.now = max(self.now, until)
                 return

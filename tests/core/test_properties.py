@@ -1,4 +1,4 @@
-"""Property tests of DESIGN.md's safety rules on the pure core, with hypothesis.
+"""Property tests of the safety rules of docs/specification.md on the pure core, with hypothesis.
 
 Three levels, each checking every rule after every single call:
 
@@ -8,8 +8,8 @@ Three levels, each checking every rule after every single call:
 * a cluster of three or five cores pumped by hand, with random delivery
   order, loss, duplication, delay, partitions, restarts and transfers.
 
-The rules (DESIGN "Safety that must never break", "Voting", "Winning",
-"Lease"): a term never decreases; a vote never changes within a term, across
+The rules (docs/specification.md: "Safety properties", "Voting and
+stickiness", "Winning and views", "Lease"): a term never decreases; a vote never changes within a term, across
 restarts too; every change of ``(term, voted_for)`` is in that call's
 ``Output.persist``; a node never knows two leaders in one term (with forged
 input: within one incarnation, as the leader of a term is not persisted); at
@@ -226,7 +226,7 @@ STARTS: dict[str, Callable[[], Harness]] = {
 @FEW
 @given(data=st.data())
 def test_every_role_and_message_kind(role: str, kind: str, data: st.DataObject) -> None:
-    """DESIGN safety rules hold for any message of any kind, in any role, from any sender."""
+    """The specification's safety rules hold for any message of any kind, in any role, from any sender."""
     h = STARTS[role]()
     w = Watch.of(h)
     for _ in range(3):
@@ -273,7 +273,7 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
     actions=st.lists(ACTIONS, min_size=10, max_size=60),
 )
 def test_random_sequences_on_one_core(start: str, pre_vote: bool, actions: list[Action]) -> None:
-    """DESIGN safety rules hold after every call of any sequence, across restarts from the persisted state."""
+    """The specification's safety rules hold after every call of any sequence, across restarts from the persisted state."""
     h = STARTS[start]() if pre_vote else fresh(pre_vote=False)
     w = Watch.of(h)
     for action in actions:
@@ -409,7 +409,7 @@ def _check_cluster(pump: Pump, watches: dict[NodeId, Watch]) -> None:
 def test_random_cluster_runs(
     size: int, pre_vote: bool, check_quorum: bool, seed: int, actions: list[PumpAction]
 ) -> None:
-    """DESIGN safety rules hold in a cluster under loss, duplication, reordering, delay, partitions and restarts.
+    """The specification's safety rules hold in a cluster under loss, duplication, reordering, delay, partitions and restarts.
 
     Checked after every output of every node, not only between actions.
 

@@ -139,7 +139,7 @@ def test_same_seed_same_deadlines_other_seed_other_deadlines() -> None:
 
 
 def test_equal_bounds_mean_no_randomness() -> None:
-    """DESIGN: ``election_timeout_max == election_timeout`` means no randomness: the rng is never used."""
+    """Specification: ``election_timeout_max == election_timeout`` means no randomness: the rng is never used."""
     h = fresh(election_timeout_max=T)
     state = h.rng.getstate()
     assert h.core.next_deadline == T
@@ -559,7 +559,8 @@ _STARTS: dict[str, Callable[[], Harness]] = {
 }
 
 _HIGHER: dict[str, Message] = {
-    "RequestVote-transfer": RequestVote(5, "c", transfer=True),
+    # A transfer is honoured only for the voter's next term (see test_terms.py).
+    "RequestVote-transfer": RequestVote(3, "c", transfer=True),
     "VoteResponse": _refuse(5, "c"),
     "VoteResponse-pre-vote": _refuse(5, "c", pre_vote=True),
     "Heartbeat": Heartbeat(5, "c", 1),
@@ -573,7 +574,8 @@ def _higher_term_expect(start: str, kind: str, peers: tuple[NodeId, ...]) -> tup
     forgot = (LeaderChanged(5, None),) if had_leader else ()
     match kind:
         case "RequestVote-transfer":
-            return Expect(HardState(5, "c"), (("c", _grant(5)),), forgot, REDRAW), Role.FOLLOWER, 5
+            forgot = (LeaderChanged(3, None),) if had_leader else ()
+            return Expect(HardState(3, "c"), (("c", _grant(3)),), forgot, REDRAW), Role.FOLLOWER, 3
         case "Heartbeat":
             ack = (("c", HeartbeatResponse(5, "a", True, 1)),)
             return Expect(HardState(5, None), ack, (LeaderChanged(5, "c"),), REDRAW), Role.FOLLOWER, 5
@@ -1019,7 +1021,7 @@ NO_TRANSFER_ROWS = [
 
 @pytest.mark.parametrize("row", _params(NO_TRANSFER_ROWS))
 def test_transfer_leadership_that_cannot_happen_changes_nothing(row: Row) -> None:
-    """DESIGN (thesis 3.10): ``TransferLeadership`` on a non-leader, to an unknown id or to itself, changes nothing."""
+    """Specification (thesis 3.10): ``TransferLeadership`` on a non-leader, to an unknown id or to itself, changes nothing."""
     h = row.start()
     if h.core.role is Role.LEADER and h.core.peer_ids:
         h.step(HeartbeatResponse(1, "b", True, 1), 0.1)
@@ -1033,7 +1035,7 @@ def test_transfer_leadership_that_cannot_happen_changes_nothing(row: Row) -> Non
 
 @pytest.mark.parametrize("pre_vote", [True, False], ids=["pre-vote", "no-pre-vote"])
 def test_no_election_below_min_nodes(pre_vote: bool) -> None:
-    """DESIGN (paper 5.2 quorum): no election starts while the cluster is smaller than ``min_nodes``."""
+    """Specification (paper 5.2 quorum): no election starts while the cluster is smaller than ``min_nodes``."""
     h = fresh(peers=("b",), min_nodes=3, pre_vote=pre_vote)
     for _ in range(5):
         h.check(Tick(), Expect(deadline=REDRAW))
@@ -1051,14 +1053,14 @@ def test_no_election_below_min_nodes(pre_vote: bool) -> None:
     ids=lambda v: str(v),
 )
 def test_quorum_is_a_majority_of_max_size_min_nodes(peers: int, min_nodes: int, quorum: int) -> None:
-    """DESIGN: a quorum is a strict majority of ``max(cluster size, min_nodes)``."""
+    """Specification: a quorum is a strict majority of ``max(cluster size, min_nodes)``."""
     h = fresh(peers=[f"p{i}" for i in range(peers)], min_nodes=min_nodes)
     assert h.core.cluster_size == peers + 1
     assert h.core.quorum == quorum
 
 
 def test_lease_quorum_counts_min_nodes_after_a_removal() -> None:
-    """DESIGN: after removals below ``min_nodes``, quorums still count ``min_nodes``."""
+    """Specification: after removals below ``min_nodes``, quorums still count ``min_nodes``."""
     h = leader(peers=PEERS5, min_nodes=5)
     h.feed(RemovePeer("d"))
     h.feed(RemovePeer("e"))
@@ -1071,7 +1073,7 @@ def test_lease_quorum_counts_min_nodes_after_a_removal() -> None:
 
 
 def test_max_nodes() -> None:
-    """DESIGN: the cluster (self included) never grows beyond ``max_nodes``."""
+    """Specification: the cluster (self included) never grows beyond ``max_nodes``."""
     h = fresh(max_nodes=3)
     h.check(AddPeer("d"), Expect(deadline=KEEP))
     assert h.core.peer_ids == PEERS3
@@ -1168,7 +1170,7 @@ MEMBERSHIP_ROWS = [
 
 @pytest.mark.parametrize("row", _params(MEMBERSHIP_ROWS))
 def test_membership(row: Row) -> None:
-    """DESIGN membership (thesis 3.10, 4): ``add_peer``/``remove_peer`` change this node's view only.
+    """Specification, membership (thesis 3.10, 4): ``add_peer``/``remove_peer`` change this node's view only.
 
     Removing itself from a leader sends ``TimeoutNow`` then terminates;
     removing the leader makes a follower stand at once; a candidate whose view
@@ -1182,7 +1184,7 @@ def test_membership(row: Row) -> None:
 
 
 def test_a_removal_can_complete_a_quorum() -> None:
-    """Paper 5.2 with DESIGN membership: after a removal the candidate counts against the smaller quorum."""
+    """Paper 5.2 with the specification's membership rules: after a removal the candidate counts against the smaller quorum."""
     h = candidate(peers=PEERS5)
     h.step(_grant(1, "b"))
     h.feed(RemovePeer("d"))
@@ -1225,7 +1227,7 @@ def _bad_messages(sender: NodeId) -> dict[str, Message]:
 @pytest.mark.parametrize("sender", ["unknown", "self"])
 @pytest.mark.parametrize("start", list(_BAD_STARTS))
 def test_bad_input_is_dropped_and_counted(start: str, sender: str, kind: str) -> None:
-    """DESIGN (bad input): a message from an unknown node or from this node itself is dropped and counted.
+    """Specification (bad input): a message from an unknown node or from this node itself is dropped and counted.
 
     It changes nothing: empty ``Output``, same deadline, same state.
     """
@@ -1269,7 +1271,7 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize("row", _params(BAD_ROWS))
 def test_nonsense_is_dropped_and_counted(row: Row) -> None:
-    """DESIGN (bad input): impossible messages and control requests change nothing and are counted.
+    """Specification (bad input): impossible messages and control requests change nothing and are counted.
 
     Two leaders in one term cannot happen while the rules hold (paper 5.2),
     so a heartbeat claiming so is nonsense, also after this node lost touch
@@ -1287,7 +1289,7 @@ def test_nonsense_is_dropped_and_counted(row: Row) -> None:
 
 
 def test_leader_changed_on_a_won_election_and_only_when_the_view_changes() -> None:
-    """DESIGN (thesis 3.4): ``LeaderChanged`` when a new leader is known or none is known any more.
+    """Specification (thesis 3.4): ``LeaderChanged`` when a new leader is known or none is known any more.
 
     Never for ``(t, None) -> (t + 1, None)``: raising the term to stand tells
     a user nothing new when no leader was known.
@@ -1304,7 +1306,7 @@ def test_leader_changed_on_a_won_election_and_only_when_the_view_changes() -> No
 
 
 def test_leader_changed_as_a_follower() -> None:
-    """DESIGN (paper 5.2): a follower reports each new leader, and reports losing it, once."""
+    """Specification (paper 5.2): a follower reports each new leader, and reports losing it, once."""
     h = follower_of("b", 1)
     assert h.outputs[-1].events == (LeaderChanged(1, "b"),)
     assert h.step(Heartbeat(1, "b", 2), HB).events == ()
@@ -1316,7 +1318,7 @@ def test_leader_changed_as_a_follower() -> None:
 
 
 def test_leader_changed_is_never_emitted_for_a_term_change_without_a_leader() -> None:
-    """DESIGN: ``(t, None) -> (t', None)`` is not news, however the term was learnt."""
+    """Specification: ``(t, None) -> (t', None)`` is not news, however the term was learnt."""
     for msg in (
         RequestVote(3, "b"),
         VoteResponse(3, "b", False),

@@ -7,7 +7,7 @@ scenarios drive the pure core directly.  Two adaptations:
   node too, so the crate's ``min_node = 3`` is ``min_nodes = 4``.
 * The crate counts anonymous "yes" answers, and its second test even lists
   a peer id twice.  Votes here are counted by distinct ``voter_id``
-  (DESIGN, paper 5.2), so a duplicated answer must not elect.
+  (docs/specification.md, paper 5.2), so a duplicated answer must not elect.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The tests never sleep to wait for something.  ``Monitor`` wakes its waiters
 whenever something observable happens (a message handed to the in-memory
 network, a node's leader view changing, a node starting or stopping) and
-checks DESIGN.md's safety rules at each of those instants: at most one node
+checks the safety rules of docs/specification.md at each of those instants: at most one node
 holding a lease, at most one leader per term, terms never decreasing.
 """
 
@@ -31,6 +31,7 @@ from almost_raft import (
     raft_election,
 )
 from almost_raft._messages import NodeId
+from almost_raft.host import ElectionHost
 from almost_raft.testing import LocalCluster
 from almost_raft.transports.memory import MemoryNetwork
 
@@ -331,3 +332,13 @@ def warnings_about(caplog: pytest.LogCaptureFixture, node_id: NodeId, text: str 
 def is_trio(anyio_backend_name: str) -> bool:
     """Whether the test runs on trio's virtual clock, where time bounds can be asserted exactly."""
     return anyio_backend_name == "trio"
+
+
+@asynccontextmanager
+async def running_host() -> AsyncIterator[ElectionHost]:
+    """An ``ElectionHost`` whose ``run`` task runs for the duration."""
+    host = ElectionHost()
+    async with anyio.create_task_group() as tg:
+        await tg.start(host.run)
+        yield host
+        tg.cancel_scope.cancel()

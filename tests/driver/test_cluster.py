@@ -12,7 +12,7 @@ import logging
 import anyio
 import pytest
 
-from almost_raft import LeaderChanged, RemoveNode, Role, TimeoutNow, TransferLeadership
+from almost_raft import LeaderChanged, MemoryStorage, RemoveNode, Role, TimeoutNow, TransferLeadership
 from almost_raft.testing import LocalCluster
 
 from .helpers import HB, OPTIONS, T, is_trio, local_cluster, view
@@ -89,7 +89,9 @@ async def test_crashed_leader_is_replaced_and_rejoins_as_follower(size: int, any
         assert restarted.role is Role.FOLLOWER
         assert restarted.leader_id == new.leader_id
         assert restarted.status().elections_started == 0
-        assert cluster.storages[old.leader_id].saves >= 1
+        storage = cluster.storages[old.leader_id]
+        assert isinstance(storage, MemoryStorage)
+        assert storage.saves >= 1
         monitor.assert_safe()
 
 
@@ -137,8 +139,17 @@ async def test_transfer_that_does_not_complete(anyio_backend_name: str) -> None:
         for other in cluster.ids:
             if other != target:
                 cluster.cut(target, other, both_ways=False)
+        # From the moment its TimeoutNow leaves, the leader must hold no lease.
         lease_meanwhile: list[bool] = []
-        monitor.on_delivery.append(lambda _s, _p, _m: lease_meanwhile.append(leader.holds_lease))
+        handed_over: list[bool] = []
+
+        def record(sender: object, _to: object, message: object) -> None:
+            if sender == leader.self_id and isinstance(message, TimeoutNow):
+                handed_over.append(True)
+            if handed_over:
+                lease_meanwhile.append(leader.holds_lease)
+
+        monitor.on_delivery.append(record)
 
         with leader.subscribe() as events:
             assert events.receive_nowait() == old

@@ -442,6 +442,48 @@ async def test_work_that_raises_with_resign_on_error_moves_leadership(
     assert_never_two_at_once(journal, exact_time=anyio_backend_name == "trio")
 
 
+async def checking_after_a_long_step(lease: Lease) -> None:
+    """The README's pattern: a step that cancellation cannot reach, then ``lease.check()`` before the side effect."""
+    with anyio.CancelScope(shield=True):  # stands for a computation that never awaits
+        while lease.valid():  # noqa: ASYNC110 - no event announces a lease running out by time
+            await anyio.sleep(HEARTBEAT / 5)
+    lease.check()  # raises LeaseLost before the cancellation is delivered at the next await
+    raise AssertionError("the lease was valid again")
+
+
+async def test_lease_lost_from_check_is_the_normal_end_of_a_lease(
+    anyio_backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``LeaseLost`` from ``lease.check()``: one INFO line, no traceback, no resignation (even with resign_on_error)."""
+    caplog.set_level(logging.INFO, logger="almost_raft")
+    journal = Journal()
+    async with make_cluster(seed=5) as cluster, anyio.create_task_group() as tg:
+        for node_id in cluster.ids:
+            attach(tg, cluster, journal, node_id, checking_after_a_long_step, resign_on_error=True)
+        with anyio.fail_after(5):
+            leader = await cluster.wait_for_leader()
+            await journal.wait_for("start", leader.leader_id, leader.term)
+        assert leader.leader_id is not None
+        state = cluster.states[leader.leader_id]
+        cluster.isolate(leader.leader_id)
+        with anyio.fail_after(5):
+            stopped = await journal.wait_for("stop", leader.leader_id, leader.term)
+            await anyio.wait_all_tasks_blocked()
+        transfers = state.status().transfers_started
+        tg.cancel_scope.cancel()
+    assert stopped.how == "raised"  # LeaseLost went through the work's own frame
+    assert transfers == 0, "LeaseLost made the node resign"
+    mine = [r for r in caplog.records if r.name == "almost_raft" and "leader work" in r.getMessage()]
+    lost = [r for r in mine if "leader work stopped" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in mine]
+    assert lost[0].levelno == logging.INFO
+    assert lost[0].exc_info is None, "logged with a traceback"
+    assert f"term {leader.term}" in lost[0].getMessage()
+    assert "no longer holds the lease" in lost[0].getMessage()
+    assert not [r for r in mine if "raised" in r.getMessage() or r.levelno >= logging.WARNING]
+    assert not [r for r in mine if "cancelled" in r.getMessage() and f"term {leader.term}" in r.getMessage()]
+
+
 def returning() -> Callable[[Lease], Awaitable[None]]:
     """A work that returns at once; were it rerun in the same term, it blocks (the test then fails, not hangs)."""
     seen: set[tuple[int, NodeId]] = set()

@@ -60,8 +60,8 @@ class NodeProc:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def start(self, args: Sequence[str], prefix: Sequence[str] = ()) -> None:
-        """Start the node with *args*; *prefix* runs it through another command (``ip netns exec NS``)."""
+    def start(self, args: Sequence[str], *, prefix: Sequence[str] = ()) -> None:
+        """Start ``python -m almost_raft ARGS``, run by the command *prefix* if one is given."""
         assert not self.running, f"{self.node_id} is already running"
         self.starts += 1
         self._stderr = open(self.stderr_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in wait()/close()
@@ -209,7 +209,7 @@ class ProcCluster:
 
     def start(self, *ids: str) -> None:
         for node_id in ids or self.ids:
-            self.nodes[node_id].start(self.args(node_id), self.prefixes.get(node_id, ()))
+            self.nodes[node_id].start(self.args(node_id), prefix=self.prefixes.get(node_id, ()))
 
     def close(self) -> None:
         """Kill and reap every process, even after a failure."""

@@ -191,7 +191,7 @@ def cluster_on(procs: Callable[..., ProcCluster]) -> Callable[[str], ProcCluster
     """Start nodes a, b and c, with a on the given backend."""
 
     def make(backend: str) -> ProcCluster:
-        # With storage: a node restarted without it may vote twice in one term (DESIGN.md).
+        # With storage: a node restarted without it may vote twice in one term (README, safety guarantees).
         cluster = procs(["a", "b", "c"], election_timeout=T, storage=True, per_node={"a": ["--backend", backend]})
         cluster.start()
         return cluster

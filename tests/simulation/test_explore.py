@@ -19,18 +19,26 @@ from almost_raft.testing import ExplorationResult, SafetyViolation, explore, exp
 from almost_raft.testing._safety import ONE_LEADER_PER_TERM, ONE_VOTE_PER_TERM
 
 # (name, explore() arguments, the least number of states it must reach)
+#
+# The counts are of distinct core states.  Since the core drops a role's
+# state on every role change, states that differed only in leftovers of an
+# earlier candidacy or leadership now count once: with the bounds of the
+# first two runs below at max_term 2 and 1, the old and the new core reach
+# the same set of (role, term, vote, leader, in-flight) states, in 35,039
+# and 59,456 core states instead of 157,007 and 135,956.  The bounds were
+# raised where the time allows, and the least counts set to what they reach.
 CI_RUNS: list[tuple[str, dict[str, Any], int]] = [
-    # Without pre-vote terms rise faster: every interleaving up to term 2 (term 3 reached).
-    ("async-no-pre-vote", {"max_term": 2, "max_in_flight": 1, "max_duplicates": 0, "pre_vote": False}, 300_000),
+    # Without pre-vote terms rise faster: every interleaving up to term 3 (term 4 reached).
+    ("async-no-pre-vote", {"max_term": 3, "max_in_flight": 1, "max_duplicates": 0, "pre_vote": False}, 300_000),
     # The asynchronous model (per-node clocks), the library's default
     # switches: every interleaving while terms stay <= 1 (term 2 reached).
-    ("async-defaults", {"max_term": 1, "max_in_flight": 1, "max_duplicates": 0}, 100_000),
+    ("async-defaults", {"max_term": 1, "max_in_flight": 1, "max_duplicates": 0}, 50_000),
     # Two messages in flight and a duplicate: every path of up to 10 steps.
-    ("async-2-in-flight", {"max_term": 3, "max_in_flight": 2, "max_duplicates": 1, "max_depth": 10}, 100_000),
-    # One shared clock, so the lease rule is checked too: every path of up to 14 steps.
+    ("async-2-in-flight", {"max_term": 3, "max_in_flight": 2, "max_duplicates": 1, "max_depth": 10}, 80_000),
+    # One shared clock, so the lease rule is checked too: every path of up to 16 steps.
     (
         "shared-clock-lease",
-        {"clocks": "shared", "max_term": 1, "max_in_flight": 1, "max_duplicates": 0, "max_depth": 14},
+        {"clocks": "shared", "max_term": 1, "max_in_flight": 1, "max_duplicates": 0, "max_depth": 16},
         50_000,
     ),
 ]

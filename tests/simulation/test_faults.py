@@ -1,4 +1,4 @@
-"""One scenario per fault kind, each showing the behaviour DESIGN.md promises.
+"""One scenario per fault kind, each showing the behaviour docs/specification.md promises.
 
 Every scenario runs with the safety checker on, so each also shows that the
 fault breaks no rule; the scenarios where a rule *must* break (a restart
