@@ -388,6 +388,8 @@ class TcpNode:
         """Give up the current connection or connection attempt, and start a new one at once."""
         stream = self._stream
         scope = self._attempt_scope
+        if self._closing or self._transport._closed:
+            return
         if stream is not None and self._busy:
             return  # a write is in progress on it: replace it at the next message
         if stream is None and scope is None:
