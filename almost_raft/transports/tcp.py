@@ -29,29 +29,35 @@ message whose claimed sender is not among them.
 Healing after a partition.  A connection opened before a partition holds the
 frames written during it in TCP's retransmission queue, and TCP retries them
 with an exponential backoff: after the heal the peer hears nothing until the
-next retransmission, seconds later.  Two rules bound this by ``2T`` (``T``
-being the ``election_timeout`` the transport was given):
+next retransmission, seconds later.  New connections made during the
+partition fare no better: Linux resends a lost SYN after 1 s, then 3 s.  With
+``T`` the ``election_timeout`` the transport was given:
 
 - ``TCP_USER_TIMEOUT`` is ``user_timeout`` (``2T``): the kernel closes a
-  connection whose data stayed unacknowledged that long.  This is the precise
-  test for *this* direction: a peer's answers arrive on its own connection, so
-  "the peer answers" says nothing about whether ours is stuck, and only the
-  kernel knows whether what we wrote was acknowledged.
-- Silence: a peer that answered none of our requests (``RequestVote``,
-  ``Heartbeat``, ``TimeoutNow``) for ``silence_timeout`` (``2T``) gets a fresh
-  connection, or a fresh connection attempt, at most once per
-  ``silence_timeout``.  It covers what the kernel cannot: a connection attempt
-  whose SYN was lost (Linux resends it only after 1 s, then 3 s), a middlebox
-  that acknowledges and drops, and platforms without ``TCP_USER_TIMEOUT``.
-  When a silent peer is heard again, whatever waits to reach it (a backoff, a
-  hanging attempt, a connection that carried the unanswered requests) is
-  replaced at once: the first frame through, in either direction, heals both.
+  connection whose data stayed unacknowledged that long.  It is the precise
+  test for *this* direction: the peer's answers come on its own connection,
+  so hearing from the peer says nothing about whether ours is stuck, and only
+  the kernel knows whether what we wrote was acknowledged.  Nor does it
+  misfire under load: a slow peer's kernel still acknowledges at once.
+- Silence: while the peer answers none of our requests (``RequestVote``,
+  ``Heartbeat``, ``TimeoutNow``), a connection attempt still pending after
+  ``silence_timeout`` (``T``) is abandoned for a new one, at most one per
+  ``silence_timeout``, so a fresh SYN goes out at least every ``T``.  When a
+  silent peer is heard again, a pending attempt is restarted and a backoff
+  cut short at once: the first frame through, in either direction, heals the
+  other.
+- An open connection is replaced for silence only after ``max(1 s, 4 x
+  silence_timeout)``, when the silence is also logged: for a middlebox that
+  acknowledges and drops, and for platforms without ``TCP_USER_TIMEOUT``.
+  Replacing sooner does not make a slow peer answer sooner, and under load the
+  churn would only slow everything down.
 
-So after a heal a fresh connection carries the leader's next heartbeat within
-about ``2T`` plus a round trip, inside the ``T_max + 2h`` an election allows.
-Answers (``VoteResponse``, ``HeartbeatResponse``) expect nothing back and never
-start the silence clock, so a follower's connection to a leader it merely
-answers is never replaced.
+So after a heal a connection carries the leader's next heartbeat within about
+``T`` plus a round trip, inside the ``T_max + 2h`` an election allows (given
+that the network resolves addresses by then).  Answers (``VoteResponse``,
+``HeartbeatResponse``) expect nothing back and never start the silence clock.
+The choice of ``TCP_USER_TIMEOUT`` for open connections and of silence for
+attempts is argued in the README ("Healing after a partition").
 
 Guarding the listener.  Every incoming connection must deliver a complete,
 valid frame from a known peer within ``first_frame_timeout`` of being
@@ -68,6 +74,7 @@ per 5 seconds per kind.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import random
@@ -109,8 +116,9 @@ _STREAM_ERRORS: Final = (
     OSError,
     ssl.SSLError,
 )
-_SILENCE_REPORTED_AFTER: Final = 1.0
-"""A peer silent this long (or 4 x ``silence_timeout``) is reported; shorter silences only at DEBUG."""
+_STALE_AFTER: Final = 1.0
+"""A peer silent this long (or 4 x ``silence_timeout``, if longer) gets a new connection even when the
+old one looks fine, and is reported; shorter silences are left to the kernel and logged at DEBUG."""
 _REQUESTS: Final = (RequestVote, Heartbeat, TimeoutNow)
 """The messages a live peer answers (``TimeoutNow`` with a ``RequestVote``): they start the silence clock."""
 _ANSWERS: Final = (VoteResponse, HeartbeatResponse)
@@ -142,8 +150,8 @@ class TcpStats:
         connect_failures: outgoing connection attempts that failed.
         disconnects: outgoing connections lost (closed by the peer, or a send failed,
             or replaced because the peer was silent).
-        silence_reconnects: outgoing connections, or connection attempts, replaced because
-            the peer answered no request for ``silence_timeout``, or came back after that.
+        silence_reconnects: outgoing connection attempts restarted, or connections replaced,
+            because the peer answered none of our requests for a while (or came back after that).
         messages_queued: messages accepted by ``TcpNode.send_message``.
         messages_sent: messages written to a connection.
         messages_dropped: queued messages lost: the oldest dropped from a full
@@ -274,7 +282,6 @@ class TcpNode:
         # scope while it is still in its TCP phase (a lost SYN is worth retrying).
         self._unanswered_since: float | None = None
         self._attempt_at = -math.inf
-        self._connected_at = -math.inf
         self._attempt_scope: anyio.CancelScope | None = None
         self._heard_at = -math.inf  # the last valid frame from the peer, on any connection
 
@@ -362,10 +369,15 @@ class TcpNode:
     # --------------------------------------------------------------- silence
 
     def _watch_silence(self, message: Message) -> None:
-        """Before sending *message*: replace the connection if the peer has been silent too long.
+        """Before sending *message*: replace a connection attempt, or a connection, to a silent peer.
 
-        A request starts the silence clock unless one is already running; only a
-        frame from the peer stops it (``_heard``).
+        A request starts the silence clock unless one is already running; only
+        an answer from the peer stops it (``_heard``).  An attempt still pending
+        after ``silence_timeout`` has most likely lost its SYN: it is restarted.
+        An open connection is left to the kernel (``user_timeout``) and only
+        replaced after ``_stale_after`` of silence: replacing a connection that
+        works does not make a slow peer answer sooner, and under load it would
+        only add work.
         """
         now = anyio.current_time()
         since = self._unanswered_since
@@ -373,16 +385,20 @@ class TcpNode:
             if isinstance(message, _REQUESTS):
                 self._unanswered_since = now
             return
+        silent_for = now - since
         transport = self._transport
-        silence = transport.silence_timeout
-        if now - since >= silence and now - self._attempt_at >= silence:
-            self._replace(f"no answer for {now - since:.2f}s", now)
-        if not self._trouble and now - since >= max(_SILENCE_REPORTED_AFTER, 4 * silence):
+        wait = transport.silence_timeout if self._stream is None else self._stale_after()
+        if silent_for >= wait and now - self._attempt_at >= wait:
+            self._replace(f"no answer for {silent_for:.2f}s", now)
+        if not self._trouble and silent_for >= self._stale_after():
             self._report_trouble(
-                "does not answer (no answer for %.2fs); reconnecting every %.2fs until it does",
-                now - since,
-                silence,
+                "does not answer (no answer for %.2fs); reconnecting until it does",
+                silent_for,
             )
+
+    def _stale_after(self) -> float:
+        """How long a silent peer's open connection is trusted (and the silence not reported)."""
+        return max(_STALE_AFTER, 4 * self._transport.silence_timeout)
 
     def _replace(self, why: str, now: float) -> None:
         """Give up the current connection or connection attempt, and start a new one at once."""
@@ -410,9 +426,9 @@ class TcpNode:
 
         Any frame shows that the peer is up: there is no point waiting out a
         backoff, and if nothing at all had come from it for ``silence_timeout``
-        (a partition just healed), a connection or attempt that carried our
-        unanswered requests is replaced at once.  Only an answer shows that our
-        own frames reach it, and stops the silence clock.
+        (a partition just healed), a connection attempt made while it was
+        silent is restarted at once.  Only an answer shows that our own frames
+        reach it, and stops the silence clock.
         """
         back = now - self._heard_at >= self._transport.silence_timeout
         self._heard_at = now
@@ -420,11 +436,12 @@ class TcpNode:
         if isinstance(message, _ANSWERS) or (isinstance(message, RequestVote) and message.transfer):
             self._unanswered_since = None
             self._report_recovery()
-        if back and since is not None and (self._stream is None or self._connected_at <= since):
-            self._replace("the peer is heard again after a silence", now)
-        if self._stream is None and self._failures:
-            self._retry_at = -math.inf  # it is up: stop waiting out the backoff
-            self._wake()
+        if self._stream is None:
+            if back and since is not None and self._attempt_scope is not None:
+                self._replace("the peer is heard again after a silence", now)
+            if self._failures:
+                self._retry_at = -math.inf  # it is up: stop waiting out the backoff
+                self._wake()
 
     def _close(self) -> None:
         self._closing = True
@@ -503,11 +520,15 @@ class TcpNode:
         stats = transport._stats
         stream: ByteStream | None = None
         self._attempt_at = anyio.current_time()
-        self._attempt_scope = attempt = anyio.CancelScope()
         try:
             with anyio.fail_after(transport.connect_timeout):
+                # Resolve first: only the TCP handshake may be restarted (a slow
+                # resolver must not make every attempt look like a lost SYN).
+                addresses = await _resolve(self.host, self.port)
+                self._attempt_at = anyio.current_time()
+                self._attempt_scope = attempt = anyio.CancelScope()
                 with attempt:  # cancelled by _replace while the SYN may have been lost
-                    raw = await anyio.connect_tcp(self.host, self.port)
+                    raw = await _connect_any(addresses, self.port)
                 self._attempt_scope = None
                 if attempt.cancelled_caught:
                     return False  # replaced: the next attempt starts at once, with no backoff
@@ -537,7 +558,6 @@ class TcpNode:
         self._failures = 0
         self._retry_at = -math.inf
         self._stream = stream
-        self._connected_at = anyio.current_time()
         self._watch_scope = scope = anyio.CancelScope()
         transport._task_group().start_soon(self._watch, stream, scope)
         self._state = "connected"
@@ -615,6 +635,29 @@ class TcpNode:
             logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
 
 
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of *host*, in the resolver's order of preference (an IP address is its own)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def _connect_any(addresses: list[str], port: int) -> SocketStream:
+    """Connect to the first of *addresses* that accepts; raise the last error if none does."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await anyio.connect_tcp(address, port)
+        except OSError as exc:
+            error = exc
+    raise error if error is not None else OSError(f"no address to connect to on port {port}")
+
+
 def _check_count(name: str, value: object) -> int:
     if type(value) is not int or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -671,9 +714,11 @@ class TcpTransport:
             the defaults of the timeouts below derive from it.
         user_timeout: ``TCP_USER_TIMEOUT`` of outgoing connections: data
             unacknowledged this long closes the connection (default ``2T``).
-        silence_timeout: a peer that answers no request for this long gets a
-            new connection, at most once per this interval (default ``2T``); a
-            connection that carried a valid frame this recently is never evicted.
+        silence_timeout: while a peer answers none of our requests, a connection
+            attempt pending this long is restarted, at most once per this interval
+            (default ``T``); an open connection is replaced after ``max(1 s, 4x)``
+            this.  A connection that carried a valid frame this recently is never
+            evicted.
         first_frame_timeout: an incoming connection must carry a valid frame
             from a known peer within this (after the TLS handshake), or it is
             closed (default ``max(1 s, 4T)``).
