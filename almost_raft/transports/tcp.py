@@ -88,7 +88,7 @@ from typing import Final, final
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.streams.tls import TLSStream
 
 from .._errors import raise_single
 from .._messages import (
@@ -102,20 +102,11 @@ from .._messages import (
     VoteResponse,
     check_node_id,
 )
-from ._tcp_guard import ConnectionTable, Incoming, RateLimitedLog, address_key
-from ._wire import FrameReader, WireError, encode_message, node_id_text
+from ._tcp_guard import RECEIVE_SIZE, STREAM_ERRORS, ConnectionTable, Listener, describe
+from ._wire import encode_message, node_id_text
 
 logger = logging.getLogger("almost_raft")
 
-_RECEIVE_SIZE: Final = 65536
-_STREAM_ERRORS: Final = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.IncompleteRead,
-    OSError,
-    ssl.SSLError,
-)
 _STALE_AFTER: Final = 1.0
 """A peer silent this long (or 4 x ``silence_timeout``, if longer) gets a new connection even when the
 old one looks fine, and is reported; shorter silences are left to the kernel and logged at DEBUG."""
@@ -207,24 +198,6 @@ def make_tls_contexts(
     client.load_cert_chain(certfile, keyfile)
     client.check_hostname = server_name_check
     return server, client
-
-
-def certificate_identities(cert: object) -> frozenset[str]:
-    """The names a peer certificate (as from ``SSLSocket.getpeercert()``) vouches for.
-
-    These are the subject's common names and the DNS subject-alternative names.
-    """
-    names: set[str] = set()
-    if not isinstance(cert, dict):
-        return frozenset()
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName" and isinstance(value, str):
-                names.add(value)
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind == "DNS" and isinstance(value, str):
-            names.add(value)
-    return frozenset(names)
 
 
 def _tune_socket(stream: ByteStream, user_timeout: float) -> None:
@@ -497,9 +470,9 @@ class TcpNode:
         self._busy = True
         try:
             await stream.send(data)
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             stats.messages_dropped += count
-            await self._drop(stream, f"send failed: {_describe(exc)}")
+            await self._drop(stream, f"send failed: {describe(exc)}")
         except BaseException:
             # Cancelled while writing: the connection may hold half a frame, which
             # would garble the next one.  Close it; the peer sees a truncated frame.
@@ -541,7 +514,7 @@ class TcpNode:
                         ssl_context=transport.client_ssl_context,
                         standard_compatible=False,
                     )
-        except (*_STREAM_ERRORS, TimeoutError) as exc:
+        except (*STREAM_ERRORS, TimeoutError) as exc:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
             stats.connect_failures += 1
@@ -550,7 +523,7 @@ class TcpNode:
             delay = min(transport.backoff_max, transport.backoff_initial * 2 ** (self._failures - 1))
             self._retry_at = anyio.current_time() + delay * (0.5 + 0.5 * transport._rng.random())
             self._state = "failing"
-            self._report_trouble("unreachable (cannot connect: %s); retrying with backoff", _describe(exc))
+            self._report_trouble("unreachable (cannot connect: %s); retrying with backoff", describe(exc))
             return False
         finally:
             self._attempt_scope = None
@@ -571,9 +544,9 @@ class TcpNode:
         """Notice at once when the peer closes: nothing is ever sent back on this connection."""
         with scope:
             try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except _STREAM_ERRORS as exc:
-                why = "closed by the peer" if isinstance(exc, anyio.EndOfStream) else _describe(exc)
+                data = await stream.receive(RECEIVE_SIZE)
+            except STREAM_ERRORS as exc:
+                why = "closed by the peer" if isinstance(exc, anyio.EndOfStream) else describe(exc)
             else:
                 why = f"the peer sent {len(data)} unexpected bytes"
             if self._stream is stream:
@@ -668,11 +641,6 @@ def _check_seconds(name: str, seconds: object) -> float:
     if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < math.inf):
         raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
     return float(seconds)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @final
@@ -796,11 +764,7 @@ class TcpTransport:
         self._nodes: dict[NodeId, TcpNode] = {}
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._connections = ConnectionTable(max_connections, per_address, self.silence_timeout)
-        self._reject_log = RateLimitedLog()
-        self._tls_log = RateLimitedLog()
-        self._limit_log = RateLimitedLog()
-        self._timeout_log = RateLimitedLog()
+        self._listener = Listener(self, ConnectionTable(max_connections, per_address, self.silence_timeout))
 
     def __repr__(self) -> str:
         return f"<TcpTransport {self.self_id!r} peers={list(self._nodes)!r}>"
@@ -898,193 +862,8 @@ class TcpTransport:
         bound = listener.extra(SocketAttribute.local_port)
         for sub in listener.listeners:
             assert isinstance(sub, SocketListener)
-            tg.start_soon(self._accept_loop, sub, control, name=f"almost_raft tcp listener {self.self_id!r}")
+            tg.start_soon(self._listener.accept_loop, sub, control, name=f"almost_raft tcp listener {self.self_id!r}")
         logger.info(
             "node %r: listening on %s:%d%s", self.self_id, host, bound, " (TLS)" if self.server_ssl_context else ""
         )
         return int(bound)
-
-    async def _accept_loop(
-        self, listener: SocketListener, control: MemoryObjectSendStream[ControlMessage | Message]
-    ) -> None:
-        tg = self._task_group()
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
-                    logger.warning("node %r: accept failed: %s", self.self_id, _describe(exc))
-                    await anyio.sleep(0.1)
-                    continue
-                conn = self._admit(stream)
-                if conn is None:
-                    await anyio.aclose_forcefully(stream)
-                    continue
-                self._stats.connections_accepted += 1
-                tg.start_soon(self._serve_connection, stream, conn, control)
-
-    def _admit(self, stream: SocketStream) -> Incoming | None:
-        """Make room for a new connection (``ConnectionTable.admit``), or refuse it (``None``)."""
-        try:
-            address = stream.extra(SocketAttribute.remote_address)
-        except (anyio.TypedAttributeLookupError, OSError):
-            address = "?"
-        host = str(address[0]) if isinstance(address, tuple) else str(address)
-        remote = f"{address!r}"
-        key = address_key(host)
-        now = anyio.current_time()
-        conn = Incoming(key, remote, now, anyio.CancelScope())
-        table = self._connections
-        admitted, evicted = table.admit(conn, now)
-        for victim in evicted:
-            self._stats.connections_evicted += 1
-            self._limit_log.warning(
-                "node %r: closed an idle connection from %s to make room for one from %s "
-                "(%d open, %d from that address)",
-                self.self_id,
-                victim.remote,
-                remote,
-                len(table),
-                table.count(key),
-            )
-        if not admitted:
-            self._stats.connections_refused += 1
-            self._limit_log.warning(
-                "node %r: refused a connection from %s: %d open, %d from that address, none idle",
-                self.self_id,
-                remote,
-                len(table),
-                table.count(key),
-            )
-            return None
-        return conn
-
-    async def _serve_connection(
-        self, raw: SocketStream, conn: Incoming, control: MemoryObjectSendStream[ControlMessage | Message]
-    ) -> None:
-        stats = self._stats
-        stream: ByteStream = raw
-        remote = conn.remote
-        identities: frozenset[str] | None = None
-        try:
-            assert conn.scope is not None
-            with conn.scope:  # cancelled when evicted
-                if self.server_ssl_context is not None:
-                    try:
-                        with anyio.fail_after(self.handshake_timeout):
-                            tls = await TLSStream.wrap(
-                                raw, server_side=True, ssl_context=self.server_ssl_context, standard_compatible=False
-                            )
-                    except (*_STREAM_ERRORS, TimeoutError) as exc:
-                        stats.tls_handshake_failures += 1
-                        self._tls_log.warning(
-                            "node %r: TLS handshake with %s failed: %s", self.self_id, remote, _describe(exc)
-                        )
-                        return
-                    stream = tls
-                    identities = certificate_identities(tls.extra(TLSAttribute.peer_certificate))
-                # The deadline for the next valid frame: the first one soon, then one per idle_timeout.
-                with anyio.CancelScope(deadline=anyio.current_time() + self.first_frame_timeout) as timer:
-                    await self._read_frames(stream, control, conn, identities, timer)
-                if timer.cancelled_caught:
-                    self._timed_out(conn)
-        finally:
-            self._connections.remove(conn)
-            await anyio.aclose_forcefully(stream)
-
-    def _timed_out(self, conn: Incoming) -> None:
-        if conn.useful:
-            # Normal for a follower's connection to another follower between elections:
-            # it is opened again when needed.
-            self._stats.idle_timeouts += 1
-            logger.debug(
-                "node %r: closed the connection from %s: no valid frame for %.1fs",
-                self.self_id,
-                conn.remote,
-                self.idle_timeout,
-            )
-        else:
-            self._stats.first_frame_timeouts += 1
-            self._timeout_log.warning(
-                "node %r: closed the connection from %s: no valid frame within %.1fs of connecting (%d bytes pending)",
-                self.self_id,
-                conn.remote,
-                self.first_frame_timeout,
-                conn.pending,
-            )
-
-    async def _read_frames(
-        self,
-        stream: ByteStream,
-        control: MemoryObjectSendStream[ControlMessage | Message],
-        conn: Incoming,
-        identities: frozenset[str] | None,
-        timer: anyio.CancelScope,
-    ) -> None:
-        """Read and deliver frames until the connection ends.
-
-        Each valid frame from a known peer moves *timer*'s deadline to
-        ``idle_timeout`` ahead; ``conn.pending`` counts the bytes of an
-        unfinished frame.
-        """
-        stats = self._stats
-        remote = conn.remote
-        reader = FrameReader()
-        warned_mismatch = False
-        while True:
-            try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except _STREAM_ERRORS:
-                if reader.pending:
-                    stats.frames_rejected += 1
-                    self._reject_log.warning(
-                        "node %r: connection from %s ended inside a frame (%d bytes)",
-                        self.self_id,
-                        remote,
-                        reader.pending,
-                    )
-                return
-            reader.feed(data)
-            now = anyio.current_time()
-            while True:
-                try:
-                    item = reader.next()
-                except WireError as exc:
-                    # The frame boundary is lost: this connection cannot be read further.
-                    stats.frames_rejected += 1
-                    self._reject_log.warning("node %r: closing connection from %s: %s", self.self_id, remote, exc)
-                    return
-                if item is None:
-                    conn.pending = reader.pending
-                    break
-                if isinstance(item, WireError):
-                    stats.frames_rejected += 1
-                    self._reject_log.warning("node %r: dropped a frame from %s: %s", self.self_id, remote, item)
-                    continue
-                sender = item.sender
-                if identities is not None and node_id_text(sender) not in identities:
-                    stats.identity_mismatches += 1
-                    if not warned_mismatch:
-                        warned_mismatch = True
-                        self._reject_log.warning(
-                            "node %r: dropping messages from %s claiming sender %r; its certificate names %s",
-                            self.self_id,
-                            remote,
-                            sender,
-                            sorted(identities) or "nobody",
-                        )
-                    continue
-                stats.frames_received += 1
-                node = self._nodes.get(sender)
-                if node is not None:
-                    # Only a known peer's frame keeps a connection open and protected.
-                    conn.useful = True
-                    conn.useful_at = now
-                    timer.deadline = now + self.idle_timeout
-                    node._heard(item, now)
-                try:
-                    control.send_nowait(item)
-                except anyio.WouldBlock:
-                    stats.control_overflows += 1
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
