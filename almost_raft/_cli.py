@@ -444,6 +444,7 @@ async def run_node(opts: Options, out: TextIO = sys.stdout) -> int:
         server_ssl_context=server_ctx,
         client_ssl_context=client_ctx,
         flush_timeout=max(opts.message_timeout, 0.1),
+        election_timeout=opts.election_timeout,
     )
     failure: str | None = None
     async with transport:

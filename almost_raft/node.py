@@ -205,6 +205,7 @@ class _NodeRun:
             server_ssl_context=cfg.server_ssl_context,
             client_ssl_context=cfg.client_ssl_context,
             flush_timeout=max(cfg.message_timeout, 0.1),
+            election_timeout=cfg.election_timeout,
         )
         try:
             async with transport:

@@ -25,17 +25,61 @@ meant to reach (``server_name``, by default ``str(peer_id)``); the listener
 takes the names in the connecting side's certificate (subject common name and
 DNS subject-alternative names) as its identity, and drops and counts every
 message whose claimed sender is not among them.
+
+Healing after a partition.  A connection opened before a partition holds the
+frames written during it in TCP's retransmission queue, and TCP retries them
+with an exponential backoff: after the heal the peer hears nothing until the
+next retransmission, seconds later.  New connections made during the
+partition fare no better: Linux resends a lost SYN after 1 s, then 3 s.  With
+``T`` the ``election_timeout`` the transport was given:
+
+- ``TCP_USER_TIMEOUT`` is ``user_timeout`` (``2T``): the kernel closes a
+  connection whose data stayed unacknowledged that long.  It is the precise
+  test for *this* direction: the peer's answers come on its own connection,
+  so hearing from the peer says nothing about whether ours is stuck, and only
+  the kernel knows whether what we wrote was acknowledged.  Nor does it
+  misfire under load: a slow peer's kernel still acknowledges at once.
+- Silence: while the peer answers none of our requests (``RequestVote``,
+  ``Heartbeat``, ``TimeoutNow``), a connection attempt still pending after
+  ``silence_timeout`` (``T``) is abandoned for a new one, at most one per
+  ``silence_timeout``, so a fresh SYN goes out at least every ``T``.  When a
+  silent peer is heard again, a pending attempt is restarted and a backoff
+  cut short at once: the first frame through, in either direction, heals the
+  other.
+- An open connection is replaced for silence only after ``max(1 s, 4 x
+  silence_timeout)``, when the silence is also logged: for a middlebox that
+  acknowledges and drops, and for platforms without ``TCP_USER_TIMEOUT``.
+  Replacing sooner does not make a slow peer answer sooner, and under load the
+  churn would only slow everything down.
+
+So after a heal a connection carries the leader's next heartbeat within about
+``T`` plus a round trip, inside the ``T_max + 2h`` an election allows (given
+that the network resolves addresses by then).  Answers (``VoteResponse``,
+``HeartbeatResponse``) expect nothing back and never start the silence clock.
+The choice of ``TCP_USER_TIMEOUT`` for open connections and of silence for
+attempts is argued in the README ("Healing after a partition").
+
+Guarding the listener.  Every incoming connection must deliver a complete,
+valid frame from a known peer within ``first_frame_timeout`` of being
+accepted (after the TLS handshake, itself bounded by ``handshake_timeout``),
+and then one at least every ``idle_timeout``; bytes that do not complete a
+frame do not count, so a trickle cannot hold a connection.  At most
+``max_connections_per_address`` come from one address (an IPv6 /64), and at
+most ``max_connections`` in all; at either limit the least recently useful
+connection that is not a live peer's is evicted for the newcomer (see
+``_tcp_guard``).  Trouble is counted in ``TcpStats`` and logged at most once
+per 5 seconds per kind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import random
 import socket
 import ssl
-import time
 from collections import deque
 from dataclasses import dataclass, fields
 from types import TracebackType
@@ -44,23 +88,32 @@ from typing import Final, final
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.streams.tls import TLSStream
 
 from .._errors import raise_single
-from .._messages import ControlMessage, Message, NodeId, check_node_id
-from ._wire import FrameReader, WireError, encode_message, node_id_text
+from .._messages import (
+    ControlMessage,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    NodeId,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+    check_node_id,
+)
+from ._tcp_guard import RECEIVE_SIZE, STREAM_ERRORS, ConnectionTable, Listener, describe
+from ._wire import encode_message, node_id_text
 
 logger = logging.getLogger("almost_raft")
 
-_RECEIVE_SIZE: Final = 65536
-_STREAM_ERRORS: Final = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.IncompleteRead,
-    OSError,
-    ssl.SSLError,
-)
+_STALE_AFTER: Final = 1.0
+"""A peer silent this long (or 4 x ``silence_timeout``, if longer) gets a new connection even when the
+old one looks fine, and is reported; shorter silences are left to the kernel and logged at DEBUG."""
+_REQUESTS: Final = (RequestVote, Heartbeat, TimeoutNow)
+"""The messages a live peer answers (``TimeoutNow`` with a ``RequestVote``): they start the silence clock."""
+_ANSWERS: Final = (VoteResponse, HeartbeatResponse)
+"""The answers, which stop it (with a ``RequestVote`` flagged as a transfer)."""
 
 
 @final
@@ -70,7 +123,13 @@ class TcpStats:
 
     Attributes:
         connections_accepted: incoming connections taken.
-        connections_refused: incoming connections closed at once (``max_connections`` reached).
+        connections_refused: incoming connections closed at once: ``max_connections`` or
+            ``max_connections_per_address`` reached, and no connection to evict.
+        connections_evicted: open incoming connections closed to make room for a new one
+            (they had not carried a valid frame for a while, or never).
+        first_frame_timeouts: incoming connections closed because no valid frame came
+            within ``first_frame_timeout`` (or the TLS handshake and that).
+        idle_timeouts: incoming connections closed after ``idle_timeout`` without a valid frame.
         tls_handshake_failures: incoming connections whose TLS handshake failed
             (no certificate, a certificate from another CA, not TLS at all, too slow).
         frames_received: valid messages decoded from incoming connections.
@@ -80,7 +139,10 @@ class TcpStats:
         control_overflows: valid messages dropped because ``control`` was full.
         connects: outgoing connections established.
         connect_failures: outgoing connection attempts that failed.
-        disconnects: outgoing connections lost (closed by the peer, or a send failed).
+        disconnects: outgoing connections lost (closed by the peer, or a send failed,
+            or replaced because the peer was silent).
+        silence_reconnects: outgoing connection attempts restarted, or connections replaced,
+            because the peer answered none of our requests for a while (or came back after that).
         messages_queued: messages accepted by ``TcpNode.send_message``.
         messages_sent: messages written to a connection.
         messages_dropped: queued messages lost: the oldest dropped from a full
@@ -89,6 +151,9 @@ class TcpStats:
 
     connections_accepted: int = 0
     connections_refused: int = 0
+    connections_evicted: int = 0
+    first_frame_timeouts: int = 0
+    idle_timeouts: int = 0
     tls_handshake_failures: int = 0
     frames_received: int = 0
     frames_rejected: int = 0
@@ -97,6 +162,7 @@ class TcpStats:
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
+    silence_reconnects: int = 0
     messages_queued: int = 0
     messages_sent: int = 0
     messages_dropped: int = 0
@@ -134,26 +200,8 @@ def make_tls_contexts(
     return server, client
 
 
-def certificate_identities(cert: object) -> frozenset[str]:
-    """The names a peer certificate (as from ``SSLSocket.getpeercert()``) vouches for.
-
-    These are the subject's common names and the DNS subject-alternative names.
-    """
-    names: set[str] = set()
-    if not isinstance(cert, dict):
-        return frozenset()
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName" and isinstance(value, str):
-                names.add(value)
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind == "DNS" and isinstance(value, str):
-            names.add(value)
-    return frozenset(names)
-
-
-def _tune_socket(stream: ByteStream) -> None:
-    """No Nagle delay; keepalive probes so an idle connection that died is noticed."""
+def _tune_socket(stream: ByteStream, user_timeout: float) -> None:
+    """No Nagle delay; unacknowledged data for *user_timeout* closes the connection; keepalive when idle."""
     try:
         sock = stream.extra(SocketAttribute.raw_socket)
     except anyio.TypedAttributeLookupError:
@@ -162,36 +210,18 @@ def _tune_socket(stream: ByteStream) -> None:
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
     ]
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 15000)):
+    user_timeout_ms = max(1, round(user_timeout * 1000))
+    for name, value in (
+        ("TCP_KEEPIDLE", 10),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", user_timeout_ms),
+    ):
         if hasattr(socket, name):
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     for level, option, value in options:
         with contextlib.suppress(OSError):  # a platform without the option
             sock.setsockopt(level, option, value)
-
-
-class _RateLimitedLog:
-    """Logs a recurring inbound problem at most once per interval, with the count of the others."""
-
-    __slots__ = ("_interval", "_next_at", "_suppressed")
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self._interval = interval
-        self._next_at = -math.inf
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._suppressed += 1
-            logger.debug(msg, *args)
-            return
-        if self._suppressed:
-            msg += " (and %d more since the last report)"
-            args = (*args, self._suppressed)
-        self._suppressed = 0
-        self._next_at = now + self._interval
-        logger.warning(msg, *args)
 
 
 @final
@@ -218,7 +248,15 @@ class TcpNode:
         self._done: anyio.Event | None = None
         self._failures = 0
         self._retry_at = -math.inf
-        self._state = "new"  # new | connected | failing | closed
+        self._state = "new"  # new | connected | disconnected | failing | closed (for repr and logs)
+        self._trouble = False  # "unreachable" or "does not answer" was logged; "reachable again" not yet
+        # Silence (see the module documentation): when our oldest unanswered request
+        # went out, when the current connection or attempt began, and the attempt's
+        # scope while it is still in its TCP phase (a lost SYN is worth retrying).
+        self._unanswered_since: float | None = None
+        self._attempt_at = -math.inf
+        self._attempt_scope: anyio.CancelScope | None = None
+        self._heard_at = -math.inf  # the last valid frame from the peer, on any connection
 
     def __repr__(self) -> str:
         return f"TcpNode({self._node_id!r}, {self.host}:{self.port}, {self._state})"
@@ -255,6 +293,10 @@ class TcpNode:
             self.send_message_nowait(message)
             return
         frame = encode_message(message)
+        self._watch_silence(message)
+        if self._stream is not stream:  # replaced: the peer was silent
+            self._enqueue(frame)
+            return
         self._transport._stats.messages_queued += 1
         await self._write(stream, frame, 1)
 
@@ -270,6 +312,10 @@ class TcpNode:
             WireError: *message* cannot be encoded.
         """
         frame = encode_message(message)
+        self._watch_silence(message)
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
         transport = self._transport
         stats = transport._stats
         if self._closing or transport._closed:
@@ -293,11 +339,82 @@ class TcpNode:
             self._wakeup.set()
             self._wakeup = None
 
-    def _poke(self) -> None:
-        """A message came from the peer: it is up, so stop waiting out the backoff."""
-        if self._stream is None and self._failures:
-            self._retry_at = -math.inf
-            self._wake()
+    # --------------------------------------------------------------- silence
+
+    def _watch_silence(self, message: Message) -> None:
+        """Before sending *message*: replace a connection attempt, or a connection, to a silent peer.
+
+        A request starts the silence clock unless one is already running; only
+        an answer from the peer stops it (``_heard``).  An attempt still pending
+        after ``silence_timeout`` has most likely lost its SYN: it is restarted.
+        An open connection is left to the kernel (``user_timeout``) and only
+        replaced after ``_stale_after`` of silence: replacing a connection that
+        works does not make a slow peer answer sooner, and under load it would
+        only add work.
+        """
+        now = anyio.current_time()
+        since = self._unanswered_since
+        if since is None:
+            if isinstance(message, _REQUESTS):
+                self._unanswered_since = now
+            return
+        silent_for = now - since
+        transport = self._transport
+        wait = transport.silence_timeout if self._stream is None else self._stale_after()
+        if silent_for >= wait and now - self._attempt_at >= wait:
+            self._replace(f"no answer for {silent_for:.2f}s", now)
+        if not self._trouble and silent_for >= self._stale_after():
+            self._report_trouble(
+                "does not answer (no answer for %.2fs); reconnecting until it does",
+                silent_for,
+            )
+
+    def _stale_after(self) -> float:
+        """How long a silent peer's open connection is trusted (and the silence not reported)."""
+        return max(_STALE_AFTER, 4 * self._transport.silence_timeout)
+
+    def _replace(self, why: str, now: float) -> None:
+        """Give up the current connection or connection attempt, and start a new one at once."""
+        stream = self._stream
+        scope = self._attempt_scope
+        if self._closing or self._transport._closed:
+            return
+        if stream is not None and self._busy:
+            return  # a write is in progress on it: replace it at the next message
+        if stream is None and scope is None:
+            return  # waiting out a backoff (at most backoff_max): nothing to replace
+        self._transport._stats.silence_reconnects += 1
+        logger.debug("node %r: peer %r: connection replaced: %s", self._transport.self_id, self._node_id, why)
+        if stream is not None:
+            self._forget(stream, why, quiet=True)
+            self._transport._task_group().start_soon(anyio.aclose_forcefully, stream)
+        elif scope is not None:
+            scope.cancel()
+        self._attempt_at = now  # at most one replacement per silence_timeout
+        self._retry_at = -math.inf
+        self._wake()
+
+    def _heard(self, message: Message, now: float) -> None:
+        """A valid frame came from the peer (on any connection).
+
+        Any frame shows that the peer is up: there is no point waiting out a
+        backoff, and if nothing at all had come from it for ``silence_timeout``
+        (a partition just healed), a connection attempt made while it was
+        silent is restarted at once.  Only an answer shows that our own frames
+        reach it, and stops the silence clock.
+        """
+        back = now - self._heard_at >= self._transport.silence_timeout
+        self._heard_at = now
+        since = self._unanswered_since
+        if isinstance(message, _ANSWERS) or (isinstance(message, RequestVote) and message.transfer):
+            self._unanswered_since = None
+            self._report_recovery()
+        if self._stream is None:
+            if back and since is not None and self._attempt_scope is not None:
+                self._replace("the peer is heard again after a silence", now)
+            if self._failures:
+                self._retry_at = -math.inf  # it is up: stop waiting out the backoff
+                self._wake()
 
     def _close(self) -> None:
         self._closing = True
@@ -353,9 +470,9 @@ class TcpNode:
         self._busy = True
         try:
             await stream.send(data)
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             stats.messages_dropped += count
-            await self._drop(stream, f"send failed: {_describe(exc)}")
+            await self._drop(stream, f"send failed: {describe(exc)}")
         except BaseException:
             # Cancelled while writing: the connection may hold half a frame, which
             # would garble the next one.  Close it; the peer sees a truncated frame.
@@ -375,11 +492,21 @@ class TcpNode:
         transport = self._transport
         stats = transport._stats
         stream: ByteStream | None = None
+        self._attempt_at = anyio.current_time()
         try:
             with anyio.fail_after(transport.connect_timeout):
-                raw = await anyio.connect_tcp(self.host, self.port)
+                # Resolve first: only the TCP handshake may be restarted (a slow
+                # resolver must not make every attempt look like a lost SYN).
+                addresses = await _resolve(self.host, self.port)
+                self._attempt_at = anyio.current_time()
+                self._attempt_scope = attempt = anyio.CancelScope()
+                with attempt:  # cancelled by _replace while the SYN may have been lost
+                    raw = await _connect_any(addresses, self.port)
+                self._attempt_scope = None
+                if attempt.cancelled_caught:
+                    return False  # replaced: the next attempt starts at once, with no backoff
                 stream = raw
-                _tune_socket(raw)
+                _tune_socket(raw, transport.user_timeout)
                 if transport.client_ssl_context is not None:
                     stream = await TLSStream.wrap(
                         raw,
@@ -387,7 +514,7 @@ class TcpNode:
                         ssl_context=transport.client_ssl_context,
                         standard_compatible=False,
                     )
-        except (*_STREAM_ERRORS, TimeoutError) as exc:
+        except (*STREAM_ERRORS, TimeoutError) as exc:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
             stats.connect_failures += 1
@@ -395,31 +522,41 @@ class TcpNode:
             # Capped exponential backoff, with jitter so that peers do not retry in step.
             delay = min(transport.backoff_max, transport.backoff_initial * 2 ** (self._failures - 1))
             self._retry_at = anyio.current_time() + delay * (0.5 + 0.5 * transport._rng.random())
-            self._set_state("failing", f"cannot connect: {_describe(exc)}")
+            self._state = "failing"
+            self._report_trouble("unreachable (cannot connect: %s); retrying with backoff", describe(exc))
             return False
+        finally:
+            self._attempt_scope = None
         stats.connects += 1
         self._failures = 0
         self._retry_at = -math.inf
         self._stream = stream
         self._watch_scope = scope = anyio.CancelScope()
         transport._task_group().start_soon(self._watch, stream, scope)
-        self._set_state("connected", "")
+        self._state = "connected"
+        if self._unanswered_since is None:
+            self._report_recovery()
+        # else: it is back when it answers (``_heard``), not merely when it accepts a connection.
+        logger.debug("node %r: connected to peer %r at %s:%d", transport.self_id, self._node_id, self.host, self.port)
         return True
 
     async def _watch(self, stream: ByteStream, scope: anyio.CancelScope) -> None:
         """Notice at once when the peer closes: nothing is ever sent back on this connection."""
         with scope:
             try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except _STREAM_ERRORS as exc:
-                why = "closed by the peer" if isinstance(exc, anyio.EndOfStream) else _describe(exc)
+                data = await stream.receive(RECEIVE_SIZE)
+            except STREAM_ERRORS as exc:
+                why = "closed by the peer" if isinstance(exc, anyio.EndOfStream) else describe(exc)
             else:
                 why = f"the peer sent {len(data)} unexpected bytes"
             if self._stream is stream:
                 await self._drop(stream, why)
 
-    def _forget(self, stream: ByteStream, why: str) -> bool:
-        """Stop using *stream* (if it is the current one); the caller closes it."""
+    def _forget(self, stream: ByteStream, why: str, *, quiet: bool = False) -> bool:
+        """Stop using *stream* (if it is the current one); the caller closes it.
+
+        *quiet*: the peer is fine (a stale connection is being replaced), log at DEBUG only.
+        """
         if self._stream is not stream:
             return False
         self._stream = None
@@ -427,7 +564,18 @@ class TcpNode:
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
-        self._set_state("failing" if self._queue else "disconnected", why)
+        self._state = "disconnected"
+        if quiet or self._trouble:
+            logger.debug("node %r: peer %r: connection closed: %s", self._transport.self_id, self._node_id, why)
+        else:
+            logger.info(
+                "node %r: connection to peer %r at %s:%d ended: %s",
+                self._transport.self_id,
+                self._node_id,
+                self.host,
+                self.port,
+                why,
+            )
         return True
 
     async def _drop(self, stream: ByteStream, why: str) -> None:
@@ -437,37 +585,62 @@ class TcpNode:
         await anyio.aclose_forcefully(stream)
         self._wake()
 
-    def _set_state(self, state: str, why: str) -> None:
-        old, self._state = self._state, state
-        if old == state:
-            logger.debug(
-                "node %r: peer %r at %s:%d: %s", self._transport.self_id, self._node_id, self.host, self.port, why
-            )
-            return
+    def _report_trouble(self, what: str, *args: object) -> None:
+        """Log once that the peer is unreachable or silent; the rest goes to DEBUG until it recovers."""
         me = self._transport.self_id
-        if state == "connected":
-            if old == "failing":
-                logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
-            else:
-                logger.debug("node %r: connected to peer %r at %s:%d", me, self._node_id, self.host, self.port)
-        elif state == "failing":
-            logger.warning(
-                "node %r: peer %r at %s:%d unreachable (%s); retrying with backoff, logged again when it changes",
-                me,
-                self._node_id,
-                self.host,
-                self.port,
-                why,
-            )
-        else:
-            logger.info(
-                "node %r: connection to peer %r at %s:%d ended: %s", me, self._node_id, self.host, self.port, why
-            )
+        if self._trouble:
+            logger.debug("node %r: peer %r at %s:%d " + what, me, self._node_id, self.host, self.port, *args)
+            return
+        self._trouble = True
+        logger.warning(
+            "node %r: peer %r at %s:%d " + what + ", logged again when it changes",
+            me,
+            self._node_id,
+            self.host,
+            self.port,
+            *args,
+        )
+
+    def _report_recovery(self) -> None:
+        if self._trouble:
+            self._trouble = False
+            me = self._transport.self_id
+            logger.warning("node %r: peer %r at %s:%d is reachable again", me, self._node_id, self.host, self.port)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of *host*, in the resolver's order of preference (an IP address is its own)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def _connect_any(addresses: list[str], port: int) -> SocketStream:
+    """Connect to the first of *addresses* that accepts; raise the last error if none does."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await anyio.connect_tcp(address, port)
+        except OSError as exc:
+            error = exc
+    raise error if error is not None else OSError(f"no address to connect to on port {port}")
+
+
+def _check_count(name: str, value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_seconds(name: str, seconds: object) -> float:
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < math.inf):
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
 
 
 @final
@@ -496,11 +669,30 @@ class TcpTransport:
         connect_timeout: bound on one connection attempt (with the TLS handshake).
         backoff_initial: the wait after the first failed attempt, in seconds;
             it doubles with each further failure ...
-        backoff_max: ... up to this; each wait is jittered to 50-100 %.
+        backoff_max: ... up to this (default ``min(1 s, 2T)``, at least
+            *backoff_initial*); each wait is jittered to 50-100 %.
         handshake_timeout: bound on an incoming TLS handshake.
-        max_connections: incoming connections open at once; more are closed.
+        max_connections: incoming connections open at once; at the limit the
+            least recently useful one that is not a live peer's is closed for
+            the newcomer, and when there is none the newcomer is closed.
         flush_timeout: on exit, how long queued frames may take to go out.
         rng: randomness for the jitter.
+        election_timeout: ``T``, the election timeout of the election this
+            transport carries (pass the same value to ``RaftElectionState.init``);
+            the defaults of the timeouts below derive from it.
+        user_timeout: ``TCP_USER_TIMEOUT`` of outgoing connections: data
+            unacknowledged this long closes the connection (default ``2T``).
+        silence_timeout: while a peer answers none of our requests, a connection
+            attempt pending this long is restarted, at most once per this interval
+            (default ``T``); an open connection is replaced after ``max(1 s, 4x)``
+            this.  A connection that carried a valid frame this recently is never
+            evicted.
+        first_frame_timeout: an incoming connection must carry a valid frame
+            from a known peer within this (after the TLS handshake), or it is
+            closed (default ``max(1 s, 4T)``).
+        idle_timeout: ... and then one at least this often (default ``max(5 s, 20T)``).
+        max_connections_per_address: incoming connections open at once from one
+            address (an IPv6 /64); default a quarter of *max_connections*.
     """
 
     def __init__(
@@ -512,46 +704,67 @@ class TcpTransport:
         queue_size: int = 64,
         connect_timeout: float = 2.0,
         backoff_initial: float = 0.02,
-        backoff_max: float = 1.0,
+        backoff_max: float | None = None,
         handshake_timeout: float = 2.0,
         max_connections: int = 256,
         flush_timeout: float = 0.5,
         rng: random.Random | None = None,
+        election_timeout: float = 0.15,
+        user_timeout: float | None = None,
+        silence_timeout: float | None = None,
+        first_frame_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        max_connections_per_address: int | None = None,
     ) -> None:
         check_node_id(self_id, "self_id")
-        for name, value in (("queue_size", queue_size), ("max_connections", max_connections)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name, seconds in (
-            ("connect_timeout", connect_timeout),
-            ("backoff_initial", backoff_initial),
-            ("backoff_max", backoff_max),
-            ("handshake_timeout", handshake_timeout),
+        _check_count("queue_size", queue_size)
+        _check_count("max_connections", max_connections)
+        per_address = _check_count(
+            "max_connections_per_address",
+            max(1, max_connections // 4) if max_connections_per_address is None else max_connections_per_address,
+        )
+        _check_seconds("election_timeout", election_timeout)
+        T = float(election_timeout)
+        if backoff_max is None:
+            backoff_max = max(backoff_initial, min(1.0, T))
+        derived: dict[str, float] = {}
+        for name, seconds, default in (
+            ("connect_timeout", connect_timeout, connect_timeout),
+            ("backoff_initial", backoff_initial, backoff_initial),
+            ("backoff_max", backoff_max, backoff_max),
+            ("handshake_timeout", handshake_timeout, handshake_timeout),
+            ("user_timeout", user_timeout, 2 * T),
+            ("silence_timeout", silence_timeout, T),
+            ("first_frame_timeout", first_frame_timeout, max(1.0, 4 * T)),
+            ("idle_timeout", idle_timeout, max(5.0, 20 * T)),
         ):
-            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+            derived[name] = _check_seconds(name, default if seconds is None else seconds)
         if not (isinstance(flush_timeout, (int, float)) and 0 <= flush_timeout < math.inf):
             raise ValueError(f"flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
-        if backoff_max < backoff_initial:
+        if derived["backoff_max"] < derived["backoff_initial"]:
             raise ValueError("backoff_max must be >= backoff_initial")
         self.self_id = self_id
         self.server_ssl_context = server_ssl_context
         self.client_ssl_context = client_ssl_context
         self.queue_size = queue_size
-        self.connect_timeout = float(connect_timeout)
-        self.backoff_initial = float(backoff_initial)
-        self.backoff_max = float(backoff_max)
-        self.handshake_timeout = float(handshake_timeout)
+        self.connect_timeout = derived["connect_timeout"]
+        self.backoff_initial = derived["backoff_initial"]
+        self.backoff_max = derived["backoff_max"]
+        self.handshake_timeout = derived["handshake_timeout"]
         self.max_connections = max_connections
         self.flush_timeout = float(flush_timeout)
+        self.election_timeout = T
+        self.user_timeout = derived["user_timeout"]
+        self.silence_timeout = derived["silence_timeout"]
+        self.first_frame_timeout = derived["first_frame_timeout"]
+        self.idle_timeout = derived["idle_timeout"]
+        self.max_connections_per_address = per_address
         self._rng = rng if rng is not None else random.Random()
         self._stats = TcpStats()
         self._nodes: dict[NodeId, TcpNode] = {}
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._open_connections = 0
-        self._reject_log = _RateLimitedLog()
-        self._tls_log = _RateLimitedLog()
+        self._listener = Listener(self, ConnectionTable(max_connections, per_address, self.silence_timeout))
 
     def __repr__(self) -> str:
         return f"<TcpTransport {self.self_id!r} peers={list(self._nodes)!r}>"
@@ -649,123 +862,8 @@ class TcpTransport:
         bound = listener.extra(SocketAttribute.local_port)
         for sub in listener.listeners:
             assert isinstance(sub, SocketListener)
-            tg.start_soon(self._accept_loop, sub, control, name=f"almost_raft tcp listener {self.self_id!r}")
+            tg.start_soon(self._listener.accept_loop, sub, control, name=f"almost_raft tcp listener {self.self_id!r}")
         logger.info(
             "node %r: listening on %s:%d%s", self.self_id, host, bound, " (TLS)" if self.server_ssl_context else ""
         )
         return int(bound)
-
-    async def _accept_loop(
-        self, listener: SocketListener, control: MemoryObjectSendStream[ControlMessage | Message]
-    ) -> None:
-        tg = self._task_group()
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
-                    logger.warning("node %r: accept failed: %s", self.self_id, _describe(exc))
-                    await anyio.sleep(0.1)
-                    continue
-                if self._open_connections >= self.max_connections:
-                    self._stats.connections_refused += 1
-                    self._reject_log.warning(
-                        "node %r: refused a connection, %d already open", self.self_id, self._open_connections
-                    )
-                    await anyio.aclose_forcefully(stream)
-                    continue
-                self._open_connections += 1
-                self._stats.connections_accepted += 1
-                tg.start_soon(self._serve_connection, stream, control)
-
-    async def _serve_connection(
-        self, raw: SocketStream, control: MemoryObjectSendStream[ControlMessage | Message]
-    ) -> None:
-        stats = self._stats
-        stream: ByteStream = raw
-        try:
-            remote = f"{raw.extra(SocketAttribute.remote_address)!r}"
-        except (anyio.TypedAttributeLookupError, OSError):
-            remote = "?"
-        identities: frozenset[str] | None = None
-        try:
-            if self.server_ssl_context is not None:
-                try:
-                    with anyio.fail_after(self.handshake_timeout):
-                        tls = await TLSStream.wrap(
-                            raw, server_side=True, ssl_context=self.server_ssl_context, standard_compatible=False
-                        )
-                except (*_STREAM_ERRORS, TimeoutError) as exc:
-                    stats.tls_handshake_failures += 1
-                    self._tls_log.warning(
-                        "node %r: TLS handshake with %s failed: %s", self.self_id, remote, _describe(exc)
-                    )
-                    return
-                stream = tls
-                identities = certificate_identities(tls.extra(TLSAttribute.peer_certificate))
-            await self._read_frames(stream, control, remote, identities)
-        finally:
-            self._open_connections -= 1
-            await anyio.aclose_forcefully(stream)
-
-    async def _read_frames(
-        self,
-        stream: ByteStream,
-        control: MemoryObjectSendStream[ControlMessage | Message],
-        remote: str,
-        identities: frozenset[str] | None,
-    ) -> None:
-        stats = self._stats
-        reader = FrameReader()
-        warned_mismatch = False
-        while True:
-            try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except _STREAM_ERRORS:
-                if reader.pending:
-                    stats.frames_rejected += 1
-                    self._reject_log.warning(
-                        "node %r: connection from %s ended inside a frame (%d bytes)",
-                        self.self_id,
-                        remote,
-                        reader.pending,
-                    )
-                return
-            reader.feed(data)
-            while True:
-                try:
-                    item = reader.next()
-                except WireError as exc:
-                    # The frame boundary is lost: this connection cannot be read further.
-                    stats.frames_rejected += 1
-                    self._reject_log.warning("node %r: closing connection from %s: %s", self.self_id, remote, exc)
-                    return
-                if item is None:
-                    break
-                if isinstance(item, WireError):
-                    stats.frames_rejected += 1
-                    self._reject_log.warning("node %r: dropped a frame from %s: %s", self.self_id, remote, item)
-                    continue
-                sender = item.sender
-                if identities is not None and node_id_text(sender) not in identities:
-                    stats.identity_mismatches += 1
-                    if not warned_mismatch:
-                        warned_mismatch = True
-                        logger.warning(
-                            "node %r: dropping messages from %s claiming sender %r; its certificate names %s",
-                            self.self_id,
-                            remote,
-                            sender,
-                            sorted(identities) or "nobody",
-                        )
-                    continue
-                stats.frames_received += 1
-                node = self._nodes.get(sender)
-                if node is not None:
-                    node._poke()
-                try:
-                    control.send_nowait(item)
-                except anyio.WouldBlock:
-                    stats.control_overflows += 1
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return

@@ -158,6 +158,8 @@ class ProcCluster:
         extra: more arguments for every node.
         per_node: more arguments for one node (by id).
         storage: give each node ``--storage workdir/<id>.state``.
+        hosts: the address each node listens on (default 127.0.0.1 for all).
+        prefixes: a command prefix per node, to run it elsewhere (``ip netns exec NS``).
     """
 
     def __init__(
@@ -170,6 +172,8 @@ class ProcCluster:
         extra: Sequence[str] = (),
         per_node: dict[str, Sequence[str]] | None = None,
         storage: bool = False,
+        hosts: dict[str, str] | None = None,
+        prefixes: dict[str, Sequence[str]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.cond = threading.Condition()
@@ -181,6 +185,8 @@ class ProcCluster:
         self.extra = list(extra)
         self.per_node = dict(per_node or {})
         self.storage = storage
+        self.hosts = dict.fromkeys(self.ids, "127.0.0.1") | dict(hosts or {})
+        self.prefixes = dict(prefixes or {})
 
     def __getitem__(self, node_id: str) -> NodeProc:
         return self.nodes[node_id]
@@ -190,10 +196,10 @@ class ProcCluster:
 
     def args(self, node_id: str) -> list[str]:
         node = self.nodes[node_id]
-        args = ["--id", node_id, "--listen", f"127.0.0.1:{node.port}", "--json"]
+        args = ["--id", node_id, "--listen", f"{self.hosts[node_id]}:{node.port}", "--json"]
         for peer_id, peer in self.nodes.items():
             if peer_id != node_id:
-                args += ["--peer", f"{peer_id}=127.0.0.1:{peer.port}"]
+                args += ["--peer", f"{peer_id}={self.hosts[peer_id]}:{peer.port}"]
         args += ["--election-timeout", str(self.election_timeout)]
         if self.heartbeat_interval is not None:
             args += ["--heartbeat-interval", str(self.heartbeat_interval)]
@@ -203,7 +209,7 @@ class ProcCluster:
 
     def start(self, *ids: str) -> None:
         for node_id in ids or self.ids:
-            self.nodes[node_id].start(self.args(node_id))
+            self.nodes[node_id].start(self.args(node_id), prefix=self.prefixes.get(node_id, ()))
 
     def close(self) -> None:
         """Kill and reap every process, even after a failure."""

@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from almost_raft import (
     ControlMessage,
     Heartbeat,
+    HeartbeatResponse,
     Message,
     RaftElectionState,
     Role,
@@ -150,8 +151,9 @@ async def test_unreachable_peer_backs_off_logs_once_and_keeps_the_newest(caplog:
         anyio.create_task_group() as tg,
     ):
         node = transport.node("b", "127.0.0.1", port)
+        # Answers: they expect nothing back, so the sink (which never answers) counts as back once connected.
         for seq in range(1, 11):
-            await node.send_message(Heartbeat(1, "a", seq))
+            await node.send_message(HeartbeatResponse(1, "a", True, seq))
         await wait_until(lambda: transport.stats().connect_failures >= 4)
         stats = transport.stats()
         assert stats.messages_queued == 10
@@ -161,7 +163,7 @@ async def test_unreachable_peer_backs_off_logs_once_and_keeps_the_newest(caplog:
         sink = Sink()
         await tg.start(sink.serve, port)
         # The four newest, in order; the oldest were dropped.
-        assert await sink.wait_for(4) == [Heartbeat(1, "a", s) for s in range(7, 11)]
+        assert await sink.wait_for(4) == [HeartbeatResponse(1, "a", True, s) for s in range(7, 11)]
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len([w for w in warnings if "unreachable" in w]) == 1, warnings
         assert len([w for w in warnings if "reachable again" in w]) == 1, warnings
