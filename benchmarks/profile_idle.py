@@ -25,6 +25,7 @@ import json
 import os
 import pstats
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="profiled window")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--keep", type=Path, help="copy the profiles (<id>.prof, pstats format) to this directory")
     args = parser.parse_args(args_list)
     t = args.election_timeout
     h = args.heartbeat_interval if args.heartbeat_interval is not None else t / 3
@@ -146,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.nodes} nodes, {args.backend}, T = {1e3 * t:g} ms, h = {1e3 * h:g} ms, "
             f"load average {os.getloadavg()[0]:.2f}"
         )
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for node_id, path in outs.items():
+                role = "leader" if node_id == leader else "follower"
+                shutil.copy(path, args.keep / f"{role}-{node_id}.prof")
         _print_profile(outs[leader], f"leader {leader}", args.sort, args.top)
         _print_profile(outs[follower], f"follower {follower}", args.sort, args.top)
     return 0
