@@ -1,4 +1,4 @@
-"""A TCP transport on anyio sockets, with optional (mutual) TLS.
+"""A TCP transport on non-blocking sockets (``_tcp_io``), with optional (mutual) TLS.
 
 ``TcpTransport`` owns one node's network side: a listener that decodes the
 frames of ``_wire`` and feeds the messages into ``control``, and one
@@ -6,12 +6,14 @@ frames of ``_wire`` and feeds the messages into ``control``, and one
 connection: a node writes only on the connections it opened and reads only on
 the ones it accepted, so a message and its answer travel on two connections.
 
-A ``TcpNode`` never blocks the election loop (the driver calls it from a
-sender task, bounded by ``message_timeout``), and never waits for the peer:
-``send_message`` writes the frame into an open, idle connection's socket
-buffer at once, or else puts it in a bounded queue (the oldest frame is
-dropped when it is full: election messages are superseded by newer ones) for
-a writer task.  The writer connects lazily, on the first message, and after a failure
+A ``TcpNode`` never blocks the election loop and never waits for the peer:
+the election calls ``send_message_nowait`` from its own task, which writes
+the frame into an open connection's socket buffer at once, in that call (no
+task switch; a leader's ``TimeoutNow`` is on the wire before anything else
+happens in its process), or else puts it in a bounded queue (the oldest frame
+is dropped when it is full: election messages are superseded by newer ones)
+for a writer task.  A message sent unchanged to every peer (a heartbeat) is
+encoded once.  The writer connects lazily, on the first message, and after a failure
 waits a capped exponential backoff with jitter before the next attempt.  A
 message that arrives from a peer cuts that peer's backoff short: the peer is
 evidently back.  A watcher reads each outgoing connection, on which nothing is
@@ -414,34 +416,17 @@ class TcpNode:
 
     async def _run(self) -> None:
         try:
-            while True:
-                conn = self._conn
-                if not self._queue and (conn is None or not conn.pending):
-                    if self._closing:
-                        return  # everything written: the kernel sends it before the FIN
-                    self._wakeup = anyio.Event()
-                    await self._wakeup.wait()
-                    continue
-                if conn is None:
-                    now = anyio.current_time()
-                    if now < self._retry_at:
-                        if self._closing:
-                            return  # no reconnecting just to flush
-                        self._wakeup = anyio.Event()
-                        with anyio.move_on_after(self._retry_at - now):
-                            await self._wakeup.wait()
-                        continue
-                    await self._connect()
-                    continue
-                if conn.pending:
-                    try:
-                        await conn.flush()
-                    except BROKEN as exc:
-                        self._drop(conn, f"send failed: {describe(exc)}")
-                    continue
-                frames = list(self._queue)
-                self._queue.clear()
-                self._write(conn, frames)
+            try:
+                await self._send_loop()
+            except anyio.get_cancelled_exc_class():
+                # Cancelled with the transport (its owner was cancelled): what is
+                # queued still gets flush_timeout to go out, a hand-over above all.
+                transport = self._transport
+                if (self._queue or (self._conn is not None and self._conn.pending)) and not transport._flushed:
+                    self._closing = True
+                    with anyio.move_on_after(transport.flush_timeout, shield=True):
+                        await self._send_loop()
+                raise
         finally:
             if self._queue:
                 self._transport._stats.messages_dropped += len(self._queue)
@@ -452,6 +437,37 @@ class TcpNode:
             self._state = "closed"
             assert self._done is not None
             self._done.set()
+
+    async def _send_loop(self) -> None:
+        """Connect, write what is queued, flush; return once closing and everything is written."""
+        while True:
+            conn = self._conn
+            if not self._queue and (conn is None or not conn.pending):
+                if self._closing:
+                    return  # everything written: the kernel sends it before the FIN
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            if conn is None:
+                now = anyio.current_time()
+                if now < self._retry_at:
+                    if self._closing:
+                        return  # no reconnecting just to flush
+                    self._wakeup = anyio.Event()
+                    with anyio.move_on_after(self._retry_at - now):
+                        await self._wakeup.wait()
+                    continue
+                await self._connect()
+                continue
+            if conn.pending:
+                try:
+                    await conn.flush()
+                except BROKEN as exc:
+                    self._drop(conn, f"send failed: {describe(exc)}")
+                continue
+            frames = list(self._queue)
+            self._queue.clear()
+            self._write(conn, frames)
 
     def _write(self, conn: Connection, frames: list[bytes]) -> None:
         """Write *frames* to *conn* now; the writer task flushes what the kernel did not take.
@@ -635,9 +651,10 @@ def _check_seconds(name: str, seconds: object) -> float:
 class TcpTransport:
     """One node's TCP transport: the listener and the ``TcpNode`` of each peer.
 
-    Use it as an async context manager; on a normal exit it gives the peers'
-    queues up to ``flush_timeout`` seconds to drain (so that a leader's
-    ``TimeoutNow`` gets out before the process ends), then closes everything.
+    Use it as an async context manager; on a normal exit, or when cancelled,
+    it gives the peers' queues up to ``flush_timeout`` seconds to drain (so
+    that a leader's ``TimeoutNow`` gets out before the process ends, even to a
+    peer it must connect to first), then closes everything.
     An exception raised in the body comes out as itself, not wrapped in an
     exception group::
 
@@ -752,6 +769,7 @@ class TcpTransport:
         self._nodes: dict[NodeId, TcpNode] = {}
         self._tg: TaskGroup | None = None
         self._closed = False
+        self._flushed = False  # the flush on exit is over: a cancelled writer does not try again
         self._last_message: Message | None = None
         self._last_frame = b""
         self._listener = Listener(self, ConnectionTable(max_connections, per_address, self.silence_timeout))
@@ -778,11 +796,13 @@ class TcpTransport:
         nodes = list(self._nodes.values())
         for node in nodes:
             node._close()
-        if exc_type is None:
+        if exc_type is None or issubclass(exc_type, anyio.get_cancelled_exc_class()):
+            # Also when cancelled: a graceful stop by cancellation still hands over.
             with anyio.move_on_after(self.flush_timeout, shield=True):
                 for node in nodes:
                     if node._done is not None:
                         await node._done.wait()
+        self._flushed = True
         tg.cancel_scope.cancel()
         try:
             return await tg.__aexit__(exc_type, exc, tb)

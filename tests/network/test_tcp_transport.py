@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -178,6 +179,44 @@ async def test_queued_messages_are_flushed_on_exit() -> None:
         async with TcpTransport("a") as transport:
             node = transport.node("b", "127.0.0.1", port)
             await node.send_message(TimeoutNow(3, "a"))
+        assert await sink.wait_for(1) == [TimeoutNow(3, "a")]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_frame_to_an_open_connection_is_on_the_wire_when_send_message_nowait_returns() -> None:
+    """No task switch between the election's step and the socket: a stopping leader's TimeoutNow is out at once."""
+    (port,) = free_ports(1)
+    with socket.create_server(("127.0.0.1", port)) as server:
+        async with TcpTransport("a") as transport:
+            node = transport.node("b", "127.0.0.1", port)
+            node.send_message_nowait(Heartbeat(1, "a", 1))  # connects first: queued for the writer
+            await wait_until(lambda: node.connected)
+            peer, _ = server.accept()
+            with peer:
+                peer.settimeout(5)
+                reader = FrameReader()
+                while (first := reader.next()) is None:
+                    reader.feed(peer.recv(4096))
+                assert first == Heartbeat(1, "a", 1)
+                # From here on nothing awaits: the writer task cannot run, only this call writes.
+                node.send_message_nowait(TimeoutNow(1, "a"))
+                reader.feed(peer.recv(4096))
+                assert reader.next() == TimeoutNow(1, "a")
+                assert node.queued == 0
+
+
+async def test_queued_frames_are_flushed_when_the_transport_is_cancelled() -> None:
+    """A node stopped by cancellation still gets its hand-over out, even to a peer it must connect to first."""
+    (port,) = free_ports(1)
+    sink = Sink()
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.serve, port)
+        with anyio.CancelScope() as scope:
+            async with TcpTransport("a") as transport:
+                node = transport.node("b", "127.0.0.1", port)
+                node.send_message_nowait(TimeoutNow(3, "a"))  # not connected yet: queued
+                scope.cancel()
+                await anyio.sleep_forever()
         assert await sink.wait_for(1) == [TimeoutNow(3, "a")]
         tg.cancel_scope.cancel()
 
