@@ -24,6 +24,7 @@ table shows the ratios.  Results go to ``benchmarks/results/failover_tcp.json``.
     python benchmarks/failover_tcp.py --quick              # a smoke run
     python benchmarks/failover_tcp.py --peer pysyncobj --trials 50
     python benchmarks/failover_tcp.py --measure sigterm --trials 50   # planned handover by SIGTERM
+    python benchmarks/failover_tcp.py --measure sigterm --before REV  # ... and the nodes of commit REV
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _perf_common import code_of
 from _tcp_common import BenchCluster, BenchNode, Record, cpu_seconds, summarize
 
 TIMINGS = {
@@ -234,9 +236,25 @@ def measure_failover(cluster: BenchCluster, trials: int, rng: random.Random) -> 
     }
 
 
-def run_one(impl: str, backend: str, timing: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    low, high, heartbeat = TIMINGS[timing]
+def run_one(
+    impl: str, backend: str, timing: str, args: argparse.Namespace, workdir: Path, before: str | None = None
+) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    with code_of(before) as code:
+        return _run_cluster(impl, backend, timing, args, workdir, before, rng, code)
+
+
+def _run_cluster(
+    impl: str,
+    backend: str,
+    timing: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    before: str | None,
+    rng: random.Random,
+    code: Path,
+) -> dict[str, Any]:
+    low, high, heartbeat = TIMINGS[timing]
     cluster = BenchCluster(
         impl,
         5,
@@ -246,12 +264,16 @@ def run_one(impl: str, backend: str, timing: str, args: argparse.Namespace, work
         backend=backend,
         workdir=workdir,
         storage=args.storage,
+        cwd=code,
     )
     label = f"{impl}/{backend}/{timing}" if impl == "almost_raft" else f"{impl}/{timing}"
-    print(f"-- {label}: starting 5 nodes", file=sys.stderr, flush=True)
+    if before is not None:
+        label += f" (before: {before})"
+    print(f"-- {label}: starting 5 nodes, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
     cluster.start()
     try:
-        result: dict[str, Any] = {"impl": impl, "backend": backend, "timing": timing}
+        result: dict[str, Any] = {"impl": impl, "backend": backend, "timing": timing, "before": before}
+        result["load_average_1m"] = os.getloadavg()[0]
         if "idle" in args.measure:
             result["idle_cpu"] = measure_idle_cpu(cluster, args.idle_seconds)
         if impl == "almost_raft" and "handover" in args.measure:
@@ -306,13 +328,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
     if sigterm:
         print("\nplanned handover after SIGTERM of the leader (graceful stop: TimeoutNow), ms")
         print(
-            f"{'loop':<8}{'timing':<11}{'n':>4}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>7}{'fail':>5}{'jumps':>6}{'by T':>5}"
+            f"{'loop':<26}{'timing':<11}{'n':>4}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>7}{'fail':>5}{'jumps':>6}{'by T':>5}"
         )
         for r in sigterm:
             st = r["sigterm"]
             ms = st.get("ms", {})
+            loop = r["backend"] if not r.get("before") else f"{r['backend']} (before {r['before']})"
             print(
-                f"{r['backend']:<8}{r['timing']:<11}{ms.get('n', 0):>4}{_fmt(ms.get('median')):>7}"
+                f"{loop:<26}{r['timing']:<11}{ms.get('n', 0):>4}{_fmt(ms.get('median')):>7}"
                 f"{_fmt(ms.get('p90')):>7}{_fmt(ms.get('p99')):>7}{_fmt(ms.get('max')):>7}{st.get('failures', '-'):>5}"
                 f"{st.get('term_jumps', '-'):>6}{st.get('elections_by_timeout', '-'):>5}"
             )
@@ -349,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="window of the idle CPU measurement")
     parser.add_argument("--storage", action="store_true", help="almost_raft nodes keep term and vote in a file")
     parser.add_argument("--seed", type=int, default=1, help="seeds the kill times")
+    parser.add_argument("--before", metavar="REV", help="also run the almost_raft nodes of this commit (same sitting)")
     parser.add_argument(
         "--measure",
         default="idle,handover,failover",
@@ -382,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         for timing in timings:
             for backend in backends:
+                if args.before:
+                    results.append(run_one("almost_raft", backend, timing, args, workdir, args.before))
                 results.append(run_one("almost_raft", backend, timing, args, workdir))
             if args.peer == "pysyncobj":
                 results.append(run_one("pysyncobj", "threads", timing, args, workdir))

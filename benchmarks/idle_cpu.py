@@ -30,7 +30,6 @@ what that costs, for clusters of 3 and 5 nodes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -38,13 +37,12 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-from _perf_common import load_average, machine, process_cpu, table, write_json
+from _perf_common import code_of, load_average, machine, process_cpu, table, write_json
 
 from almost_raft import RaftElectionState, Role, raft_election
 from almost_raft.transports.memory import MemoryNetwork
@@ -95,20 +93,6 @@ def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
 
 
 # ------------------------------------------------------------------ almost_raft over TCP
-
-
-@contextlib.contextmanager
-def code_of(rev: str | None) -> Iterator[Path]:
-    """A directory whose ``almost_raft`` is that of commit *rev* (``None``: this tree)."""
-    if rev is None:
-        yield ROOT
-        return
-    with tempfile.TemporaryDirectory(prefix="idle-before-") as directory:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "almost_raft"], check=True, capture_output=True
-        )
-        subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
-        yield Path(directory)  # ``python -m almost_raft`` imports from its working directory first
 
 
 def tcp_cluster(n: int, seconds: float, backend: str, t: float, code: Path = ROOT) -> dict[str, object]:
