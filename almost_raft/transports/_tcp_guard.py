@@ -25,6 +25,7 @@ a whole /64 to choose from).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -282,6 +283,8 @@ class Listener:
     ) -> None:
         transport = self._transport
         stats = transport._stats
+        with contextlib.suppress(OSError):  # the TLS handshake's last flight is not held back (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = Connection(sock, transport.server_ssl_context, server_hostname=None)
         identities: frozenset[str] | None = None
         try:

@@ -258,13 +258,14 @@ class Connection:
                 return
             except NotImplementedError:  # a loop without add_reader (Windows' proactor)
                 pass
-        while True:
-            await self._wait(anyio.wait_readable)
-            data = self._receive()
-            if data is None:
-                continue
-            if not data or not on_data(data):
-                return
+        with self._waiting():  # one cancel scope for the whole loop, not one per frame
+            while True:
+                await anyio.wait_readable(self.socket)
+                data = self._receive()
+                if data is None:
+                    continue
+                if not data or not on_data(data):
+                    return
 
     async def _read_with_callback(self, loop: object, on_data: Callable[[bytes], bool]) -> None:
         fd = self.socket.fileno()
