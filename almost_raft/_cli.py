@@ -30,13 +30,15 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, TextIO
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._cli_ops import OpsOptions, add_arguments, check_arguments, split_exec
+from ._cli_ops import run as run_ops
 from ._config import make_config
 from ._driver import raft_election
 from ._errors import leaf_exceptions
@@ -93,6 +95,7 @@ class Options:
     backend: str
     seed: int | None
     log_level: str
+    ops: OpsOptions = field(default_factory=OpsOptions)  # --exec, --status-listen, ... (_cli_ops)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -223,13 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level"
     )
+    add_arguments(parser, _seconds, _address)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse and check the command line; exit with status 2 and a clear message when it is wrong."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    args, command = split_exec(sys.argv[1:] if argv is None else argv)
+    ns = parser.parse_args(args)
     node_id: str = ns.node_id
     if not node_id:
         parser.error("--id must not be empty")
@@ -291,6 +296,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         backend=ns.backend,
         seed=ns.seed,
         log_level=ns.log_level,
+        ops=check_arguments(
+            parser, ns, command, election_timeout=config.election_timeout, heartbeat_interval=config.heartbeat_interval
+        ),
     )
 
 
@@ -421,6 +429,8 @@ def _load_tls(cert: str, key: str, ca: str) -> tuple[ssl.SSLContext, ssl.SSLCont
 async def run_node(opts: Options, out: TextIO = sys.stdout) -> int:
     """Run the node described by *opts* until it is stopped; return the exit status."""
     printer = _Printer(opts, out)
+    if opts.ops.wanted:
+        return await run_ops(opts, printer)
     server_ctx: ssl.SSLContext | None = None
     client_ctx: ssl.SSLContext | None = None
     if opts.tls_cert and opts.tls_key and opts.tls_ca:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, final
@@ -396,6 +396,12 @@ class Runtime:
         self.on_request: Callable[[], None] | None = None
         """Called when a command arrives, to wake the driver."""
         self.observer: Observer | None = None
+        self.before_hand_over: Callable[[], Awaitable[None]] | None = None
+        """Awaited by ``stop`` before a leader hands over (``--exec`` stops its child there).
+
+        It runs shielded, for at most as long as the lease still holds: once
+        the lease has ended no other work can rely on it anyway.
+        """
         self.subscriptions: set[Subscription] = set()
         self.started = False
         self.finished = False
@@ -470,6 +476,10 @@ class Runtime:
             return
         with anyio.CancelScope(shield=True):
             self.spawn = None
+            if core.role is Role.LEADER and self.before_hand_over is not None:
+                # Leader-only work stops before TimeoutNow lets another node win at once.
+                with anyio.move_on_after(max(0.0, core.lease_expires_at - anyio.current_time())):
+                    await self.before_hand_over()
             out = core.shutdown(anyio.current_time())
             dropped = executor.discard()
             if dropped:

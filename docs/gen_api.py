@@ -14,7 +14,16 @@ import re
 import sys
 from pathlib import Path
 
-MODULES = ("almost_raft", "almost_raft.host", "almost_raft.leadership", "almost_raft.testing", "almost_raft.transports")
+MODULES = (
+    "almost_raft",
+    "almost_raft.host",
+    "almost_raft.leadership",
+    "almost_raft.node",
+    "almost_raft.asgi",
+    "almost_raft.status",
+    "almost_raft.testing",
+    "almost_raft.transports",
+)
 OUT = Path(__file__).with_name("api.md")
 
 

@@ -89,6 +89,52 @@ async def test_remove_self_from_the_leader_hands_over_first(anyio_backend_name: 
             assert took < T / 4
 
 
+async def test_a_cancelled_leader_stops_its_work_before_it_hands_over() -> None:
+    """``runtime.before_hand_over`` runs, and ends, before the cancelled leader's TimeoutNow leaves."""
+    network = MemoryNetwork()
+    ids = ["a", "b", "c"]
+    monitor = Monitor(lambda: [])
+    monitor.tap(network)
+    order: list[str] = []
+    states = []
+    controls = []
+    for node_id in ids:
+        state, control = make_state(network, node_id, memory_peers(network, node_id, ids), min_nodes=3)
+        states.append(state)
+        controls.append(control)
+
+    async def stop_work() -> None:
+        order.append("work stopping")
+        await anyio.sleep(T / 10)
+        order.append("work stopped")
+
+    monitor.on_delivery.append(lambda s, _p, m: order.append("TimeoutNow") if isinstance(m, TimeoutNow) else None)
+    async with anyio.create_task_group() as tg:
+        scopes = {}
+        for state in states:
+            scope = anyio.CancelScope()
+            scopes[state.self_id] = scope
+
+            async def run(state: RaftElectionState = state, scope: anyio.CancelScope = scope) -> None:
+                with scope:
+                    await raft_election(state)
+
+            tg.start_soon(run)
+        with anyio.fail_after(5):
+            first = await wait_agreed(monitor, states)
+        leader = states[ids.index(first.leader_id)]  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            await monitor.wait_until(lambda: leader.holds_lease)
+        leader.runtime.before_hand_over = stop_work
+        scopes[leader.self_id].cancel()
+        with anyio.fail_after(5):
+            await wait_agreed(monitor, [s for s in states if s is not leader], after_term=first.term)
+        tg.cancel_scope.cancel()
+    for control in controls:
+        control.close()
+    assert order[:3] == ["work stopping", "work stopped", "TimeoutNow"]
+
+
 @pytest.mark.parametrize("who", ["follower", "leader"])
 async def test_closing_control_ends_the_election(who: str, anyio_backend_name: str) -> None:
     async with local_cluster(3) as (cluster, monitor):
