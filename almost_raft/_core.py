@@ -365,10 +365,13 @@ class _Leadership:
         transfer_target: the peer that was sent ``TimeoutNow`` last.
         transfer_tried: every peer sent ``TimeoutNow`` in this term.
         successor: the peer named in the last heartbeat round (``None``: none).
+        gone: peers whose connection closed (``PeerDisconnected``) since they
+            last acknowledged: neither named successor nor handed over to.
     """
 
     __slots__ = (
         "acked_seq",
+        "gone",
         "heartbeat_deadline",
         "last_ack_at",
         "lease_expires_at",
@@ -399,6 +402,7 @@ class _Leadership:
         self.transfer_target: NodeId | None = None
         self.transfer_tried: dict[NodeId, None] = {}
         self.successor: NodeId | None = None
+        self.gone: dict[NodeId, None] = {}
 
     def copy(self) -> _Leadership:
         """A copy sharing nothing mutable (for ``almost_raft.testing.explore``)."""
@@ -781,6 +785,7 @@ class Election:
         self.counters.disconnects += 1
         lead = self._lead
         if lead is not None:
+            lead.gone[node_id] = None  # until it acknowledges again
             if lead.successor == node_id:
                 lead.successor = None  # named anew in the next round
             if lead.transfer_target == node_id and now < lead.transfer_deadline:
@@ -1121,6 +1126,8 @@ class Election:
         if m.seq > lead.acked_seq.get(m.follower_id, 0):
             lead.acked_seq[m.follower_id] = m.seq
         lead.last_ack_at[m.follower_id] = now
+        if lead.gone:
+            lead.gone.pop(m.follower_id, None)
         self._update_lease()
 
     def _on_timeout_now(self, m: TimeoutNow, now: float) -> None:
@@ -1435,7 +1442,8 @@ class Election:
         Kept while it acknowledges every round, so that followers agree on
         it; otherwise the peer that acknowledged the newest round, the
         fastest first (its acknowledgement arrived earliest), then one that
-        voted for this leader, then the first in the view.  Deterministic:
+        voted for this leader, then the first in the view; never a peer
+        whose connection closed since it last acknowledged.  Deterministic:
         it depends only on what the leader received and when.
         """
         current = lead.successor
@@ -1445,7 +1453,10 @@ class Election:
         best: NodeId | None = None
         best_key = (-1, -_NEVER, False)
         last_ack_at = lead.last_ack_at
+        gone = lead.gone
         for peer in self._peers:
+            if gone and peer in gone:
+                continue
             key = (acked_seq.get(peer, 0), -last_ack_at.get(peer, _NEVER), peer in lead.voters)
             if best is None or key > best_key:
                 best, best_key = peer, key
@@ -1504,8 +1515,9 @@ class Election:
             now - self._election_deadline,
         )
         if self._role is _CANDIDATE:
-            self._become_follower(now, self._term, None)
-        self._election_deadline = now + self._random_timeout()
+            self._become_follower(now, self._term, None)  # draws a fresh timeout
+        else:
+            self._election_deadline = now + self._random_timeout()
 
     def _arm_transfer_retry(self, lead: _Leadership, now: float) -> None:
         """Set when to hand over to the next-best peer if this transfer has not completed (thesis 3.10).
@@ -1615,12 +1627,13 @@ class Election:
         # The peer that acknowledged most recently; right after a win, before
         # any acknowledgement, a peer that voted for this node (else any peer),
         # so that a pause or a shutdown just after winning still hands over.
-        # A retry (``_retry_transfer``) skips the peers tried and those not
-        # heard since *horizon*.
+        # A peer whose connection closed since it last acknowledged is
+        # skipped; a retry (``_retry_transfer``) also skips the peers tried
+        # and those not heard since *horizon*.
         best: NodeId | None = None
         best_key = (-_NEVER, False)
         for peer in self._peers:
-            if exclude and peer in exclude:
+            if (exclude and peer in exclude) or (lead.gone and peer in lead.gone):
                 continue
             if horizon > -_NEVER and lead.last_ack_at.get(peer, -_NEVER) <= horizon:
                 continue
