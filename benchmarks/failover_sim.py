@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         b = base["summary"]
         for config in configs:
-            if config["timeouts_ms"] != base["timeouts_ms"] or config["variant"] == "randomized":
+            if config["timeouts_ms"] != base["timeouts_ms"] or config["variant"] not in ("almost_raft", "notice"):
                 continue
             s = config["summary"]
             goal_rows.append(
