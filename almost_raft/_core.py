@@ -630,7 +630,7 @@ class Election:
         match self._role:
             case Role.FOLLOWER | Role.CANDIDATE:
                 if self._held and now >= self._sticky_until:
-                    self._answer_held(now)
+                    self._answer_held()
                 deadline = self._election_deadline
                 if now >= deadline:
                     if self._let_late_timer_go(now, deadline):
@@ -1014,16 +1014,16 @@ class Election:
         self.counters.pre_votes_held += 1
         self._held[m.candidate_id] = m
 
-    def _answer_held(self, now: float) -> None:
-        """The stickiness window ended (or moved): answer the held pre-votes it still allows (``_hold``)."""
+    def _answer_held(self) -> None:
+        """The stickiness window has ended: answer the held pre-votes as if they arrived now (``_hold``).
+
+        Called by ``tick`` at the end of the window, wherever heartbeats
+        heard meanwhile have moved it (``next_deadline`` follows the window).
+        """
         held, self._held = self._held, {}
         for m in held.values():
-            if m.term <= self._term or self._role is _LEADER:
-                self._answer_vote(m, granted=False)  # refused with our term, as on arrival now
-            elif now < self._sticky_until:
-                self._held[m.candidate_id] = m  # a leader was heard meanwhile: the window moved
-            else:
-                self._answer_vote(m, granted=True)
+            # Granted if the term still lies ahead; otherwise refused with our term (paper 5.1).
+            self._answer_vote(m, granted=m.term > self._term)
 
     def _refuse_held(self) -> None:
         """Refuse every held pre-vote at once (this node leads: a leader is sticky for its whole term)."""

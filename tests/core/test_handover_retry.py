@@ -21,7 +21,7 @@ import pytest
 from almost_raft import HeartbeatResponse, LeaderChanged, RequestVote, Role, TimeoutNow, VoteResponse
 from almost_raft._core import TRANSFER_RETRY_ROUND_TRIPS
 
-from .helpers import HB, PEERS5, Disconnect, Harness, T, Transfer, leader, role
+from .helpers import PEERS5, Disconnect, Harness, T, Transfer, leader
 
 RTT = 0.03  # c's acknowledgement of round 1 comes 30 ms after the round left: the slowest round trip
 
@@ -77,10 +77,9 @@ def _expect_no_retry_to_peers_not_heard(h: Harness, asked: float) -> None:
 
 
 def _expect_steps_down_at_the_first_deadline(h: Harness, asked: float) -> None:
-    h.wait(asked + T - h.now - 1e-9)
-    assert h.core.role is Role.LEADER
-    h.wait(HB)
-    assert role(h) is Role.FOLLOWER
+    while h.core.role is Role.LEADER:
+        h.tick()
+    assert h.now == pytest.approx(asked + T, abs=1e-9), "exactly T after the first request, whatever the retries"
     downs = [o for o in h.outputs if o.events == (LeaderChanged(1, None),)]
     assert len(downs) == 1
     assert h.core.counters.step_downs == 1
