@@ -12,7 +12,8 @@ default) can reach through any interleaving of these steps, and checks the
 * restart a node from its storage, ask a leader to hand over, and tell a
   node that a peer's connection closed (``PeerDisconnected``, true or not:
   the successor's early pre-vote round), each within a budget, off by
-  default;
+  default (a notice that cannot change its receiver, see
+  ``_notice_matters``, is not explored: it would only spend the budget);
 * with ``successor_names``, deliver a heartbeat naming the receiver as the
   designated successor when it named another, or naming none when it named
   the receiver: peers that disagree about who was named.
@@ -498,9 +499,9 @@ class _Explorer:
                     for j, (succ, broken) in enumerate(self._transfer(state, i)):
                         yield ("transfer", i, j), succ, broken
         if state.disconnects > 0:
-            for i in range(len(state.cores)):
+            for i, core in enumerate(state.cores):
                 for p in range(len(state.cores)):
-                    if p != i:
+                    if p != i and _notice_matters(core, self.ids[p]):
                         for j, (succ, broken) in enumerate(self._disconnect(state, i, p)):
                             yield ("disconnect", (i, p), j), succ, broken
 
@@ -676,6 +677,25 @@ class _Explorer:
             )
             results.append((new, violation))
         return results
+
+
+def _notice_matters(core: Election, peer: NodeId) -> bool:
+    """Whether ``PeerDisconnected(peer)`` can change *core* (``Election.peer_disconnected``).
+
+    Only a leader (it stops naming the peer, or retries a transfer to it)
+    and the designated successor of that peer (it stands) act on a notice.
+    Any other notice leaves the core as it was and only spends the budget:
+    every state reachable after it is reachable without it, so it is not
+    explored.
+    """
+    if core.role is Role.LEADER:
+        return True
+    return (
+        core.role is Role.FOLLOWER
+        and core.config.successor
+        and core.leader_id == peer
+        and core.named_successor == core.self_id
+    )
 
 
 def explore(
