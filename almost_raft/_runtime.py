@@ -38,6 +38,7 @@ from ._messages import (
     LeaderChanged,
     Message,
     NodeId,
+    PeerDisconnected,
     RemoveNode,
     Role,
     TransferLeadership,
@@ -525,7 +526,7 @@ class Runtime:
         if item is CLOSED:
             logger.info("node %r term %d: control was closed", self.config.self_id, core.term)
             return core.shutdown(now)
-        if not isinstance(item, (AddNode, RemoveNode, TransferLeadership)):
+        if not isinstance(item, (AddNode, RemoveNode, TransferLeadership, PeerDisconnected)):
             self._reject(item, f"{type(item).__name__} is neither a peer message nor a control message")
             return None
         try:
@@ -543,6 +544,8 @@ class Runtime:
                 if sender is not None:
                     sender.close()
             return out
+        if isinstance(item, PeerDisconnected):
+            return core.peer_disconnected(item.node_id, now)
         return core.transfer_leadership(item.target_id, now)
 
     def _add_node(self, node: Node, now: float) -> Output | None:
