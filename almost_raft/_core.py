@@ -250,6 +250,15 @@ _new_vote_response = _trusted(VoteResponse)
 _new_hard_state = _trusted(HardState)
 
 
+def worth_logging(count: int) -> bool:
+    """Whether the *count*-th piece of bad input is logged: the first ten, then one in a thousand.
+
+    A host that floods a node with bad frames must not flood its log too;
+    ``status()`` counts every one.
+    """
+    return count <= 10 or count % 1000 == 0
+
+
 @final
 @dataclass(slots=True)
 class CoreCounters:
@@ -1645,14 +1654,18 @@ class Election:
     def _drop(self, message: Message, why: str) -> None:
         """Bad input: log it and count it; the caller changes nothing else (docs/specification.md, "bad input")."""
         kind = type(message).__name__
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
-        logger.warning("node %r term %d: dropped %r: %s", self._self_id, self._term, message, why)
+        if worth_logging(count):
+            logger.warning(
+                "node %r term %d: dropped %r: %s (%d dropped)", self._self_id, self._term, message, why, count
+            )
 
     def _reject_control(self, kind: str, why: str) -> Output:
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
-        logger.warning("node %r term %d: %s, ignored", self._self_id, self._term, why)
+        if worth_logging(count):
+            logger.warning("node %r term %d: %s, ignored (%d dropped)", self._self_id, self._term, why, count)
         return self._flush()
 
     def _flush(self) -> Output:

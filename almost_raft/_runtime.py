@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._core import Config, Election, Output
+from ._core import Config, Election, Output, worth_logging
 from ._executor import Executor
 from ._messages import (
     MESSAGE_TYPES,
@@ -563,9 +563,17 @@ class Runtime:
         return out
 
     def _reject(self, item: object, why: str) -> None:
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         bump(self.counters.rejected_by_kind, type(item).__name__)
-        logger.warning("node %r term %d: dropped %r from control: %s", self.config.self_id, self.term, item, why)
+        if worth_logging(count):
+            logger.warning(
+                "node %r term %d: dropped %r from control: %s (%d dropped)",
+                self.config.self_id,
+                self.term,
+                item,
+                why,
+                count,
+            )
 
     def submit(self, command: Command) -> None:
         """Queue a request made through the state, and wake the driver."""
