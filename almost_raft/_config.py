@@ -72,6 +72,17 @@ class Config:
         message_timeout: the bound on each ``Node.send_message`` call (used
             by the driver, not by the core); ``None`` in a ``Config`` built
             by hand, without ``make_config``.
+        successor: a leader names a designated successor in every heartbeat,
+            and a follower named in the last heartbeat it accepted stands
+            exactly ``T`` after it instead of after a random timeout
+            (docs/specification.md, "Designated successor").  On in
+            ``make_config``; off in a ``Config`` built by hand.
+        overload_backoff: elections back off under overload: a candidate
+            whose round timed out doubles the random part of its next
+            timeouts (up to ``BACKOFF_CAP`` times), and a timer that fires
+            more than ``T / 2`` late re-arms instead of acting, once
+            (docs/specification.md, "Overload").  On in ``make_config``;
+            off in a ``Config`` built by hand.
     """
 
     self_id: NodeId
@@ -85,6 +96,8 @@ class Config:
     lease_duration: float = 0.0
     split_vote_retry: bool = True
     message_timeout: float | None = None
+    successor: bool = False
+    overload_backoff: bool = False
 
 
 def lease_duration(election_timeout: float, clock_drift: float) -> float:
@@ -119,6 +132,8 @@ def make_config(
     check_quorum: bool = True,
     split_vote_retry: bool = True,
     clock_drift: float = DEFAULT_CLOCK_DRIFT,
+    successor: bool = True,
+    overload_backoff: bool = True,
     warn: bool = True,
 ) -> Config:
     """Check a configuration, fill in the defaults that follow ``T``, and return it as a ``Config``.
@@ -138,6 +153,10 @@ def make_config(
         check_quorum: a leader without a quorum of acknowledgements within
             ``T`` steps down.
         split_vote_retry: leave a split vote within a round trip (with pre-vote).
+        successor: name a designated successor in heartbeats, and stand
+            exactly ``T`` after the last heartbeat when named.
+        overload_backoff: back elections off under overload (a lost round
+            widens the next timeouts; a timer ``T / 2`` late re-arms once).
         clock_drift: the bound on the relative rate difference of two
             nodes' clocks, in ``[0, 0.5)``; sets the lease length.
         warn: log a warning on the ``almost_raft`` logger for values that
@@ -184,7 +203,13 @@ def make_config(
             raise ValueError(f"{name} must be >= 1 (it counts this node), got {value}")
     if min_nodes > max_nodes:
         raise ValueError(f"min_nodes ({min_nodes}) must not exceed max_nodes ({max_nodes})")
-    for name, flag in (("pre_vote", pre_vote), ("check_quorum", check_quorum), ("split_vote_retry", split_vote_retry)):
+    for name, flag in (
+        ("pre_vote", pre_vote),
+        ("check_quorum", check_quorum),
+        ("split_vote_retry", split_vote_retry),
+        ("successor", successor),
+        ("overload_backoff", overload_backoff),
+    ):
         if type(flag) is not bool:
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if type(clock_drift) is bool or not isinstance(clock_drift, (int, float)):
@@ -215,6 +240,8 @@ def make_config(
         lease_duration=lease_duration(timeout, clock_drift),
         split_vote_retry=split_vote_retry,
         message_timeout=send_timeout,
+        successor=successor,
+        overload_backoff=overload_backoff,
     )
 
 

@@ -80,6 +80,44 @@ Rules, each with the reason:
 * A node that cannot stand because its view is below ``min_nodes`` says so
   at INFO when it first finds out, and again at most every 30 seconds of its
   own clock while it lasts.
+
+Failover without waiting for a random timer (docs/specification.md,
+"Designated successor", "Held pre-votes", "Connection closed", "Overload";
+none of these rules casts or counts a vote differently, so safety never
+depends on them, only liveness):
+
+* Designated successor (``Config.successor``): a leader names in every
+  heartbeat the peer that should stand first if it disappears: the one it
+  named before while that one acknowledges every round, otherwise the one
+  that acknowledged the newest round first.  A follower named in the last
+  heartbeat it accepted sets its election timer to exactly ``T`` after it,
+  the end of its own stickiness window, instead of a random draw from
+  ``[T, T_max]``; the others keep their random timers as the fallback.  It
+  still asks for pre-votes first, and voters still refuse votes while they
+  are sticky, so the lease is as long as before.
+* Held pre-votes: a pre-vote that arrives inside the voter's stickiness
+  window (the voter heard the last heartbeat a little later than the
+  candidate) is not refused but held, and answered the moment the window
+  ends, as if it arrived then (``_hold``).  A pre-vote changes nothing on
+  the voter, so this is a change of timing only.  A candidate whose
+  pre-votes were granted while its own window was still open enters the
+  vote phase when its window ends, without asking again.
+* Connection closed (``peer_disconnected``): when the transport reports that
+  the leader's connection was closed by its kernel, the follower it named
+  successor starts its pre-vote at once; with held pre-votes and its own
+  vote postponed to the end of its window, it becomes a candidate for real
+  the moment the last lease must have ended, one pre-vote round trip sooner.
+* Transfer retry: a leader whose transfer target has not stood within
+  ``TRANSFER_RETRY_ROUND_TRIPS`` heartbeat round trips sends ``TimeoutNow``
+  to the next-best peer; the lease stays given up and the first transfer
+  deadline stands (thesis 3.10).
+* Overload (``Config.overload_backoff``): a candidacy round lost to its
+  timer doubles the random part of the next draws (up to ``BACKOFF_CAP``
+  times; hearing a leader or winning resets it), and a timer that fires
+  more than ``T / 2`` late is let go once: a follower or candidate re-arms
+  instead of standing, a leader sends its heartbeats but skips that
+  check-quorum test.  A late timer means this process was stalled; the
+  messages that would have kept it quiet may be waiting in its input.
 """
 
 from __future__ import annotations
@@ -132,6 +170,16 @@ _TOO_FEW: Final = "cluster below min_nodes"
 _NO_TERM_LEFT: Final = "no term left (MAX_TERM reached)"
 _UNABLE_LOG_INTERVAL: Final = 30.0
 """Seconds, by the node's own clock, between two log lines saying it still cannot stand."""
+
+BACKOFF_CAP: Final = 4
+"""How far a node's timeouts back off: the random part of a draw is at most this many times ``T_max - T``.
+
+Each candidacy round lost to its timer doubles the factor (1, 2, 4); hearing
+a leader or winning resets it (``Config.overload_backoff``; docs/specification.md, "Overload").
+"""
+
+TRANSFER_RETRY_ROUND_TRIPS: Final = 3
+"""A leadership transfer not completed within this many heartbeat round trips is retried with the next-best peer."""
 
 
 def _rank(node_id: NodeId) -> tuple[int, int, str]:
@@ -196,9 +244,19 @@ def _trusted(cls: type[_T]) -> Callable[..., _T]:
 
 
 _new_output = _trusted(Output)
+_new_heartbeat = _trusted(Heartbeat)
 _new_heartbeat_response = _trusted(HeartbeatResponse)
 _new_vote_response = _trusted(VoteResponse)
 _new_hard_state = _trusted(HardState)
+
+
+def worth_logging(count: int) -> bool:
+    """Whether the *count*-th piece of bad input is logged: the first ten, then one in a thousand.
+
+    A host that floods a node with bad frames must not flood its log too;
+    ``status()`` counts every one.
+    """
+    return count <= 10 or count % 1000 == 0
 
 
 @final
@@ -216,6 +274,10 @@ class CoreCounters:
     step_downs: int = 0
     check_quorum_step_downs: int = 0
     transfers_started: int = 0
+    transfer_retries: int = 0
+    pre_votes_held: int = 0
+    late_timers: int = 0
+    disconnects: int = 0
     messages_rejected: int = 0
     rejected_by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -241,6 +303,9 @@ class _Candidacy:
             candidacy (the split-vote rule).
         quick_retries: quick pre-vote retries made in this campaign (at most 3).
         quick_retry_armed: the pending timer is a quick retry, not a full timeout.
+        ready: a quorum granted this pre-vote round while this node's own
+            stickiness window was still open: it enters the vote phase when
+            the window ends, without asking again (``_postpone_candidacy``).
     """
 
     __slots__ = (
@@ -248,6 +313,7 @@ class _Candidacy:
         "pre_phase",
         "quick_retries",
         "quick_retry_armed",
+        "ready",
         "refused",
         "rivals",
         "round_started_at",
@@ -265,6 +331,7 @@ class _Candidacy:
         self.rivals: dict[NodeId, None] = {}
         self.quick_retries = 0
         self.quick_retry_armed = False
+        self.ready = False
 
     def new_round(self, self_id: NodeId, now: float, *, pre_phase: bool, transfer: bool) -> None:
         """Start a round in which only this node's own (pre-)vote is counted so far."""
@@ -274,6 +341,7 @@ class _Candidacy:
         self.refused = {}
         self.round_started_at = now
         self.split_pending = False
+        self.ready = False
 
     def copy(self) -> _Candidacy:
         """A copy sharing nothing mutable (for ``almost_raft.testing.explore``)."""
@@ -301,10 +369,18 @@ class _Leadership:
         transfer_deadline: when it steps down if a transfer it started has not
             completed (``inf``: none under way); set by the first transfer
             and never moved.
+        transfer_retry_at: when it hands over to the next-best peer if the
+            transfer has not completed by then (``inf``: no retry due).
+        transfer_target: the peer that was sent ``TimeoutNow`` last.
+        transfer_tried: every peer sent ``TimeoutNow`` in this term.
+        successor: the peer named in the last heartbeat round (``None``: none).
+        gone: peers whose connection closed (``PeerDisconnected``) since they
+            last acknowledged: neither named successor nor handed over to.
     """
 
     __slots__ = (
         "acked_seq",
+        "gone",
         "heartbeat_deadline",
         "last_ack_at",
         "lease_expires_at",
@@ -312,7 +388,11 @@ class _Leadership:
         "sent_at",
         "seq",
         "since",
+        "successor",
         "transfer_deadline",
+        "transfer_retry_at",
+        "transfer_target",
+        "transfer_tried",
         "voters",
     )
 
@@ -327,6 +407,11 @@ class _Leadership:
         self.lease_given_up = False
         self.heartbeat_deadline = _NEVER
         self.transfer_deadline = _NEVER
+        self.transfer_retry_at = _NEVER
+        self.transfer_target: NodeId | None = None
+        self.transfer_tried: dict[NodeId, None] = {}
+        self.successor: NodeId | None = None
+        self.gone: dict[NodeId, None] = {}
 
     def copy(self) -> _Leadership:
         """A copy sharing nothing mutable (for ``almost_raft.testing.explore``)."""
@@ -387,7 +472,16 @@ class Election:
         self._sticky_until = now + config.election_timeout
         self._last_leader_contact = -_NEVER
         self._candidacy_paused = False
+        # Overload (Config.overload_backoff): the factor on the random part of
+        # each timeout, and whether the last timer that fired late was let go.
+        self._backoff = 1
+        self._late_skipped = False
         self._election_deadline = now + self._random_timeout()
+        # The successor named in the last heartbeat this node accepted.
+        self._named: NodeId | None = None
+        # Pre-vote requests that arrived inside this node's stickiness
+        # window, answered when it ends (by candidate: the latest request).
+        self._held: dict[NodeId, RequestVote] = {}
         # When this node last said that it cannot stand (-inf: it can).
         self._unable_logged_at = -_NEVER
         # The state of the current role (see the theory of operation).
@@ -439,9 +533,11 @@ class Election:
         """When ``tick`` has something to do next (``inf`` once terminated)."""
         lead = self._lead
         if lead is not None:
-            return min(lead.heartbeat_deadline, lead.transfer_deadline)
+            return min(lead.heartbeat_deadline, lead.transfer_deadline, lead.transfer_retry_at)
         if self._role is _TERMINATED:
             return _NEVER
+        if self._held and self._sticky_until < self._election_deadline:
+            return self._sticky_until
         return self._election_deadline
 
     @property
@@ -481,6 +577,12 @@ class Election:
         """Whether this node leads under a valid lease at *now*."""
         lead = self._lead
         return lead is not None and now < lead.lease_expires_at
+
+    @property
+    def named_successor(self) -> NodeId | None:
+        """The successor named in the last heartbeat this node accepted (``None`` on a leader, or none named)."""
+        lead = self._lead
+        return lead.successor if lead is not None else self._named
 
     def last_ack_at(self, node_id: NodeId) -> float | None:
         """When this leader last heard a heartbeat acknowledgement from *node_id* (``None`` on a non-leader)."""
@@ -536,8 +638,14 @@ class Election:
         """Fire whatever timer is due at *now*; before ``next_deadline`` it does nothing."""
         match self._role:
             case Role.FOLLOWER | Role.CANDIDATE:
-                if now >= self._election_deadline:
-                    self._on_election_timeout(now)
+                if self._held and now >= self._sticky_until:
+                    self._answer_held()
+                deadline = self._election_deadline
+                if now >= deadline:
+                    if self._let_late_timer_go(now, deadline):
+                        self._stand_down_late(now)
+                    else:
+                        self._on_election_timeout(now)
             case Role.LEADER:
                 lead = self._lead
                 assert lead is not None
@@ -549,8 +657,11 @@ class Election:
                         self.config.election_timeout,
                     )
                     self._become_follower(now, self._term, None)
-                elif now >= lead.heartbeat_deadline:
-                    self._on_heartbeat_due(now)
+                else:
+                    if now >= lead.transfer_retry_at:
+                        self._retry_transfer(lead, now)
+                    if now >= lead.heartbeat_deadline:
+                        self._on_heartbeat_due(now)
             case Role.TERMINATED:
                 pass
             case _:
@@ -573,7 +684,8 @@ class Election:
         )
         if self._lead is not None:
             # Tell the newcomer who leads without waiting for the next round.
-            self._sends.append((node_id, Heartbeat(self._term, self._self_id, self._lead.seq)))
+            lead = self._lead
+            self._sends.append((node_id, _new_heartbeat(self._term, self._self_id, lead.seq, lead.successor)))
         return self._flush()
 
     def remove_peer(self, node_id: NodeId, now: float) -> Output:
@@ -591,6 +703,7 @@ class Election:
         if node_id not in self._peers:
             return self._reject_control("RemoveNode", f"RemoveNode({node_id!r}) names an unknown node")
         del self._peers[node_id]
+        self._held.pop(node_id, None)
         cand, lead = self._cand, self._lead
         if cand is not None:
             cand.granted.pop(node_id, None)
@@ -598,6 +711,8 @@ class Election:
         if lead is not None:
             lead.acked_seq.pop(node_id, None)
             lead.last_ack_at.pop(node_id, None)
+            if lead.successor == node_id:
+                lead.successor = None
         logger.info(
             "node %r term %d: removed peer %r (cluster size %d)", self._self_id, self._term, node_id, self.cluster_size
         )
@@ -654,6 +769,51 @@ class Election:
         self._send_timeout_now(target_id, now)
         if lead.transfer_deadline == _NEVER:
             lead.transfer_deadline = now + self.config.election_timeout
+        self._arm_transfer_retry(lead, now)
+        return self._flush()
+
+    def peer_disconnected(self, node_id: NodeId, now: float) -> Output:
+        """The transport saw the connection to *node_id* closed or reset by its kernel (``PeerDisconnected``).
+
+        A hint that the peer's process is gone, never a vote.  A follower
+        named successor by that peer, its leader, starts its pre-vote round
+        at once: voters answer only when their own stickiness window ends
+        (``_hold``), and it votes for itself only when its own window ends
+        (``_postpone_candidacy``), so nothing happens before the lease must
+        have ended; it only saves the pre-vote round trip after the window.
+        A leader names another successor when it loses the one it named, and
+        hands over to the next-best peer at once when the target of a
+        transfer under way goes.  Any other notice changes nothing.  An id
+        outside the view, or this node's own, is refused and counted.
+        """
+        if self._role is _TERMINATED:
+            return self._flush()
+        if node_id == self._self_id or node_id not in self._peers:
+            why = "names this node itself" if node_id == self._self_id else "names an unknown node"
+            return self._reject_control("PeerDisconnected", f"PeerDisconnected({node_id!r}) {why}")
+        self.counters.disconnects += 1
+        lead = self._lead
+        if lead is not None:
+            lead.gone[node_id] = None  # until it acknowledges again
+            if lead.successor == node_id:
+                lead.successor = None  # named anew in the next round
+            if lead.transfer_target == node_id and now < lead.transfer_deadline:
+                self._retry_transfer(lead, now)
+            return self._flush()
+        if (
+            self._role is _FOLLOWER
+            and node_id == self._leader_id
+            and self._named == self._self_id
+            and self.config.successor
+            and self._cannot_stand() is None
+        ):
+            logger.info(
+                "node %r term %d: the connection to leader %r closed; standing as its successor",
+                self._self_id,
+                self._term,
+                node_id,
+            )
+            self._start_campaign(now)
         return self._flush()
 
     def shutdown(self, now: float) -> Output:
@@ -671,6 +831,7 @@ class Election:
         self._leader_id = None
         self._cand = None
         self._lead = None
+        self._held.clear()
         return self._flush()
 
     # ------------------------------------------------------------------ terms
@@ -715,7 +876,10 @@ class Election:
         match m:
             case RequestVote():
                 if self._sticky(now) and not self._honours_transfer(m):
-                    self._refuse_while_sticky(m)
+                    if m.pre_vote and self._role is not _LEADER:
+                        self._hold(m)
+                    else:
+                        self._refuse_while_sticky(m)
                 elif m.pre_vote:
                     self._answer_vote(m, granted=True)
                 elif not self._too_far(m, reach, now):
@@ -834,6 +998,48 @@ class Election:
         else:
             self._vote(m, now)
 
+    def _hold(self, m: RequestVote) -> None:
+        """Hold a pre-vote that arrived inside this node's stickiness window: answer it when the window ends.
+
+        Leader stickiness (thesis 4.2.3) forbids granting it now, but a
+        refusal would only send the candidate into a retry after some fixed
+        delay, while the window will end at a time this node knows.  So the
+        request waits, and is answered (by ``_answer_held``) the moment the
+        window ends, as if it had arrived then: granted if the window really
+        ended (no heartbeat extended it meanwhile) and the term is still
+        above this node's.  A pre-vote changes nothing on the voter, so
+        holding one changes no term, vote or timer; the candidate's own
+        round timer still runs.  The latest request of each candidate is
+        kept, so at most one per peer waits.
+        """
+        logger.debug(
+            "node %r term %d: holding the pre-vote of %r for term %d until its stickiness window ends at %.3f",
+            self._self_id,
+            self._term,
+            m.candidate_id,
+            m.term,
+            self._sticky_until,
+        )
+        self.counters.pre_votes_held += 1
+        self._held[m.candidate_id] = m
+
+    def _answer_held(self) -> None:
+        """The stickiness window has ended: answer the held pre-votes as if they arrived now (``_hold``).
+
+        Called by ``tick`` at the end of the window, wherever heartbeats
+        heard meanwhile have moved it (``next_deadline`` follows the window).
+        """
+        held, self._held = self._held, {}
+        for m in held.values():
+            # Granted if the term still lies ahead; otherwise refused with our term (paper 5.1).
+            self._answer_vote(m, granted=m.term > self._term)
+
+    def _refuse_held(self) -> None:
+        """Refuse every held pre-vote at once (this node leads: a leader is sticky for its whole term)."""
+        held, self._held = self._held, {}
+        for m in held.values():
+            self._answer_vote(m, granted=False)
+
     def _refuse_while_sticky(self, m: RequestVote) -> None:
         # Leader stickiness (thesis 4.2.3): the request changes nothing, not
         # even our term, so a returning node cannot depose a leader.
@@ -902,8 +1108,19 @@ class Election:
             # is one already: _become_follower would change nothing.)
             self._become_follower(now, m.term, m.leader_id)
         self._last_leader_contact = now
-        self._sticky_until = now + self.config.election_timeout
-        self._election_deadline = now + self._random_timeout()
+        config = self.config
+        self._sticky_until = now + config.election_timeout
+        # Hearing a leader ends any backoff (Config.overload_backoff).
+        self._backoff = 1
+        self._late_skipped = False
+        self._named = successor = m.successor
+        if successor == self._self_id and config.successor:
+            # The designated successor stands the moment its own stickiness
+            # window ends, not after a random timeout (docs/specification.md,
+            # "Designated successor").
+            self._election_deadline = self._sticky_until
+        else:
+            self._election_deadline = now + self._random_timeout()
         self._sends.append((m.leader_id, _new_heartbeat_response(self._term, self._self_id, True, m.seq)))
 
     def _on_heartbeat_response(self, m: HeartbeatResponse, now: float) -> None:
@@ -918,6 +1135,8 @@ class Election:
         if m.seq > lead.acked_seq.get(m.follower_id, 0):
             lead.acked_seq[m.follower_id] = m.seq
         lead.last_ack_at[m.follower_id] = now
+        if lead.gone:
+            lead.gone.pop(m.follower_id, None)
         self._update_lease()
 
     def _on_timeout_now(self, m: TimeoutNow, now: float) -> None:
@@ -939,9 +1158,13 @@ class Election:
     def _on_election_timeout(self, now: float) -> None:
         cand = self._cand
         if cand is not None:
+            full = not (cand.quick_retry_armed or cand.ready or cand.split_pending)
             if not cand.quick_retry_armed:
                 cand.quick_retries = 0  # a full timeout: a new campaign
             cand.quick_retry_armed = False
+            if full and self.config.overload_backoff:
+                # The round was lost to its timer: back off (docs/specification.md, "Overload").
+                self._backoff = min(2 * self._backoff, BACKOFF_CAP)
         why = self._cannot_stand()
         if why is not None:
             # Not enough members to elect anyone, a node being drained, or
@@ -950,6 +1173,10 @@ class Election:
                 self._become_follower(now, self._term, None)
             self._election_deadline = now + self._random_timeout()
             self._note_unable(now, why)
+            return
+        if cand is not None and cand.ready and now >= self._sticky_until:
+            # A quorum granted the pre-vote while our own window was open.
+            self._become_candidate(now, transfer=False)
             return
         if cand is not None and not cand.pre_phase:
             self.counters.elections_lost += 1
@@ -961,6 +1188,18 @@ class Election:
     def _on_heartbeat_due(self, now: float) -> None:
         lead = self._lead
         assert lead is not None
+        if self._let_late_timer_go(now, lead.heartbeat_deadline):
+            # This process was stalled, not the cluster: the acknowledgements
+            # may be waiting in its input.  Send the round, check next time.
+            self.counters.late_timers += 1
+            logger.info(
+                "node %r term %d: heartbeat timer fired %.3fs late; check-quorum waits for the next round",
+                self._self_id,
+                self._term,
+                now - lead.heartbeat_deadline,
+            )
+            self._send_heartbeats(now)
+            return
         if (
             self.config.check_quorum
             and now - lead.since >= self.config.election_timeout
@@ -991,6 +1230,8 @@ class Election:
             self.counters.step_downs += 1
             logger.info("node %r term %d: stepping down", self._self_id, self._term)
         self._role = _FOLLOWER
+        if leader_id != self._leader_id:
+            self._named = None
         self._leader_id = leader_id
         self._cand = None
         self._lead = None
@@ -1005,6 +1246,7 @@ class Election:
             self._unable_logged_at = -_NEVER
         self._role = _CANDIDATE
         self._leader_id = None
+        self._named = None
         return cand
 
     def _start_campaign(self, now: float) -> None:
@@ -1024,8 +1266,8 @@ class Election:
         self._election_deadline = now + self._random_timeout()
         self.counters.pre_votes_started += 1
         logger.debug("node %r term %d: asking for pre-votes for term %d", self._self_id, self._term, self._term + 1)
-        for peer in self._peers:
-            self._sends.append((peer, RequestVote(self._term + 1, self._self_id, pre_vote=True)))
+        request = RequestVote(self._term + 1, self._self_id, pre_vote=True)  # one immutable message for all
+        self._sends.extend([(peer, request) for peer in self._peers])
         self._check_votes(now)
 
     def _become_candidate(self, now: float, *, transfer: bool) -> None:
@@ -1040,8 +1282,8 @@ class Election:
         logger.info(
             "node %r term %d: standing for election%s", self._self_id, self._term, " (transfer)" if transfer else ""
         )
-        for peer in self._peers:
-            self._sends.append((peer, RequestVote(self._term, self._self_id, transfer=transfer)))
+        request = RequestVote(self._term, self._self_id, transfer=transfer)
+        self._sends.extend([(peer, request) for peer in self._peers])
         self._check_votes(now)
 
     def _check_votes(self, now: float) -> None:
@@ -1073,9 +1315,15 @@ class Election:
         the leader gave its lease up.
         """
         logger.debug(
-            "node %r term %d: a leader was heard less than T ago, standing at %.3f", self._self_id, self._term, now
+            "node %r term %d: a leader was heard less than T ago, standing at %.3f",
+            self._self_id,
+            self._term,
+            self._sticky_until,
         )
         self._election_deadline = self._sticky_until
+        cand = self._cand
+        if cand is not None and cand.pre_phase:
+            cand.ready = True
 
     def _check_pre_vote_refused(self, cand: _Candidacy, now: float) -> None:
         """Retry a pre-vote round soon when still-sticky voters refused it.
@@ -1172,6 +1420,10 @@ class Election:
         self._leader_id = self._term_leader = self._self_id
         self._lead = _Leadership(now, voters=cand.granted)
         self._cand = None
+        self._named = None
+        self._backoff = 1
+        if self._held:
+            self._refuse_held()
         self.counters.elections_won += 1
         logger.info("node %r term %d: won the election, now leader", self._self_id, self._term)
         # A new leader announces itself at once (paper 5.2).
@@ -1186,9 +1438,39 @@ class Election:
         for seq in [s for s, at in lead.sent_at.items() if at < horizon]:
             del lead.sent_at[seq]
         lead.heartbeat_deadline = now + self.config.heartbeat_interval
+        successor = self._pick_successor(lead) if self.config.successor else None
+        heartbeat = _new_heartbeat(self._term, self._self_id, lead.seq, successor)
+        sends = self._sends
         for peer in self._peers:
-            self._sends.append((peer, Heartbeat(self._term, self._self_id, lead.seq)))
+            sends.append((peer, heartbeat))
         self._update_lease()
+
+    def _pick_successor(self, lead: _Leadership) -> NodeId | None:
+        """The peer to name in the round being sent (docs/specification.md, "Designated successor").
+
+        Kept while it acknowledges every round, so that followers agree on
+        it; otherwise the peer that acknowledged the newest round, the
+        fastest first (its acknowledgement arrived earliest), then one that
+        voted for this leader, then the first in the view; never a peer
+        whose connection closed since it last acknowledged.  Deterministic:
+        it depends only on what the leader received and when.
+        """
+        current = lead.successor
+        acked_seq = lead.acked_seq
+        if current is not None and current in self._peers and acked_seq.get(current, 0) >= lead.seq - 1:
+            return current
+        best: NodeId | None = None
+        best_key = (-1, -_NEVER, False)
+        last_ack_at = lead.last_ack_at
+        gone = lead.gone
+        for peer in self._peers:
+            if gone and peer in gone:
+                continue
+            key = (acked_seq.get(peer, 0), -last_ack_at.get(peer, _NEVER), peer in lead.voters)
+            if best is None or key > best_key:
+                best, best_key = peer, key
+        lead.successor = best
+        return best
 
     def _send_timeout_now(self, target: NodeId, now: float) -> None:
         lead = self._lead
@@ -1197,6 +1479,8 @@ class Election:
         # keeps "at most one lease" true (thesis 3.10, 6.4.1).
         lead.lease_given_up = True
         lead.lease_expires_at = -_NEVER
+        lead.transfer_target = target
+        lead.transfer_tried[target] = None
         self.counters.transfers_started += 1
         logger.info("node %r term %d: handing leadership to %r", self._self_id, self._term, target)
         self._sends.append((target, TimeoutNow(self._term, self._self_id)))
@@ -1208,7 +1492,88 @@ class Election:
         high = self.config.election_timeout_max
         # random.uniform(low, high) spelt out (its exact formula, so the same
         # seed gives the same draws): one Python call less on the hot path.
-        return low if high <= low else low + (high - low) * self._rng.random()
+        # Under overload the range is widened by the backoff factor.
+        return low if high <= low else low + (high - low) * self._backoff * self._rng.random()
+
+    def _let_late_timer_go(self, now: float, deadline: float) -> bool:
+        """Whether a timer firing at *now* for *deadline* is let go, once (``Config.overload_backoff``).
+
+        A timer that fires more than ``T / 2`` after its deadline says that
+        this process, not the cluster, was slow: the heartbeats and answers
+        that would have kept it quiet may be waiting in its input.  The
+        first such firing is let go (the caller re-arms or skips its check);
+        the next one acts even if late again, so a process that always lags
+        still elects (docs/specification.md, "Overload").
+        """
+        if not self.config.overload_backoff or now - deadline <= self.config.election_timeout / 2:
+            self._late_skipped = False
+            return False
+        if self._late_skipped:
+            self._late_skipped = False
+            return False
+        self._late_skipped = True
+        return True
+
+    def _stand_down_late(self, now: float) -> None:
+        """An election timer fired more than ``T / 2`` late: re-arm instead of standing (``_let_late_timer_go``)."""
+        self.counters.late_timers += 1
+        logger.info(
+            "node %r term %d: election timer fired %.3fs late (this process was stalled); re-arming instead of standing",
+            self._self_id,
+            self._term,
+            now - self._election_deadline,
+        )
+        if self._role is _CANDIDATE:
+            self._become_follower(now, self._term, None)  # draws a fresh timeout
+        else:
+            self._election_deadline = now + self._random_timeout()
+
+    def _arm_transfer_retry(self, lead: _Leadership, now: float) -> None:
+        """Set when to hand over to the next-best peer if this transfer has not completed (thesis 3.10).
+
+        The target stands at once and its vote request reaches this leader
+        one round trip after ``TimeoutNow`` left, which ends this
+        leadership.  If that has not happened within
+        ``TRANSFER_RETRY_ROUND_TRIPS`` round trips (the slowest heartbeat
+        round trip of the peers heard within ``T``; at least ``T / 50``),
+        the target is taken for gone.  No retry is set past the transfer
+        deadline, which stays where the first request put it.
+        """
+        config = self.config
+        horizon = now - config.election_timeout
+        rtt = 0.0
+        sent_at = lead.sent_at
+        for peer, at in lead.last_ack_at.items():
+            sent = sent_at.get(lead.acked_seq.get(peer, 0))
+            if at > horizon and sent is not None:
+                rtt = max(rtt, at - sent)
+        delay = max(TRANSFER_RETRY_ROUND_TRIPS * rtt, config.election_timeout / 50)
+        retry_at = now + delay
+        lead.transfer_retry_at = retry_at if retry_at < lead.transfer_deadline else _NEVER
+
+    def _retry_transfer(self, lead: _Leadership, now: float) -> None:
+        """The transfer target did not stand in time: send ``TimeoutNow`` to the next-best peer (``_arm_transfer_retry``).
+
+        The next-best peer is the one that acknowledged most recently among
+        those heard within ``T`` and not tried yet in this term.  The lease
+        stays given up; the transfer deadline does not move.
+        """
+        target = self._best_transfer_target(
+            lead, exclude=lead.transfer_tried, horizon=now - self.config.election_timeout
+        )
+        if target is None:
+            lead.transfer_retry_at = _NEVER
+            return
+        self.counters.transfer_retries += 1
+        logger.info(
+            "node %r term %d: leadership transfer to %r did not complete, handing over to %r instead",
+            self._self_id,
+            self._term,
+            lead.transfer_target,
+            target,
+        )
+        self._send_timeout_now(target, now)
+        self._arm_transfer_retry(lead, now)
 
     def _sticky(self, now: float) -> bool:
         return self._role is _LEADER or now < self._sticky_until
@@ -1265,13 +1630,22 @@ class Election:
         if sent is not None:
             lead.lease_expires_at = max(lead.lease_expires_at, sent + self.config.lease_duration)
 
-    def _best_transfer_target(self, lead: _Leadership) -> NodeId | None:
+    def _best_transfer_target(
+        self, lead: _Leadership, *, exclude: dict[NodeId, None] | None = None, horizon: float = -_NEVER
+    ) -> NodeId | None:
         # The peer that acknowledged most recently; right after a win, before
         # any acknowledgement, a peer that voted for this node (else any peer),
         # so that a pause or a shutdown just after winning still hands over.
+        # A peer whose connection closed since it last acknowledged is
+        # skipped; a retry (``_retry_transfer``) also skips the peers tried
+        # and those not heard since *horizon*.
         best: NodeId | None = None
         best_key = (-_NEVER, False)
         for peer in self._peers:
+            if (exclude and peer in exclude) or (lead.gone and peer in lead.gone):
+                continue
+            if horizon > -_NEVER and lead.last_ack_at.get(peer, -_NEVER) <= horizon:
+                continue
             key = (lead.last_ack_at.get(peer, -_NEVER), peer in lead.voters)
             if best is None or key > best_key:
                 best, best_key = peer, key
@@ -1280,14 +1654,18 @@ class Election:
     def _drop(self, message: Message, why: str) -> None:
         """Bad input: log it and count it; the caller changes nothing else (docs/specification.md, "bad input")."""
         kind = type(message).__name__
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
-        logger.warning("node %r term %d: dropped %r: %s", self._self_id, self._term, message, why)
+        if worth_logging(count):
+            logger.warning(
+                "node %r term %d: dropped %r: %s (%d dropped)", self._self_id, self._term, message, why, count
+            )
 
     def _reject_control(self, kind: str, why: str) -> Output:
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         self.counters.rejected_by_kind[kind] = self.counters.rejected_by_kind.get(kind, 0) + 1
-        logger.warning("node %r term %d: %s, ignored", self._self_id, self._term, why)
+        if worth_logging(count):
+            logger.warning("node %r term %d: %s, ignored (%d dropped)", self._self_id, self._term, why, count)
         return self._flush()
 
     def _flush(self) -> Output:

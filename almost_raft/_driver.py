@@ -29,6 +29,7 @@ from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.lowlevel import checkpoint
 
 from ._core import Election, Output
 from ._messages import Role
@@ -104,6 +105,7 @@ class _Loop:
     async def run(self) -> None:
         runtime = self.runtime
         core = self.core
+        handled = 0
         while core.role is not Role.TERMINATED:
             out = self.next_output(anyio.current_time())
             if out is not None:
@@ -111,6 +113,9 @@ class _Loop:
                 if runtime.must_save:
                     # Nothing else is taken until the state is durable.
                     await runtime.save_pending()
+                handled += 1
+                if handled % 256 == 0:
+                    await checkpoint()  # a long run of input never starves the other tasks
                 continue
             # Nothing to do until an input arrives or the deadline passes.  No
             # await lies between the check above and this wait, so nothing

@@ -151,11 +151,17 @@ class Heartbeat:
         seq: the number of the heartbeat round, counted from 1 in each term;
             echoed in ``HeartbeatResponse`` so the leader knows which round a
             follower acknowledged (the lease runs from that round's send time).
+        successor: the peer the leader names to stand first if it disappears
+            (the designated successor), or ``None``.  The named peer stands
+            exactly ``T`` after the last heartbeat it accepted instead of
+            after a random timeout (docs/specification.md, "Designated
+            successor").  Never the leader itself.
     """
 
     term: int
     leader_id: NodeId
     seq: int = 0
+    successor: NodeId | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,6 +171,10 @@ class Heartbeat:
         _check_term("Heartbeat", "term", self.term)
         _check_node_id("Heartbeat", "leader_id", self.leader_id)
         _check_term("Heartbeat", "seq", self.seq)
+        if self.successor is not None:
+            _check_node_id("Heartbeat", "successor", self.successor)
+            if self.successor == self.leader_id:
+                raise ValueError("Heartbeat.successor must not be the leader itself")
 
     @property
     def sender(self) -> NodeId:
@@ -299,6 +309,37 @@ class TransferLeadership:
 
 @final
 @dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    """Control, sent by a transport: the connection to a peer was closed or reset by the peer's kernel.
+
+    A transport that sees its connection to a peer end (end of file, or a
+    reset: the peer's process exited or died) sends this into the node's
+    ``control``.  It is a hint, never a vote: the election uses it to start
+    the designated successor's pre-vote at once when the disconnected peer
+    is its leader (voters still answer only when their own stickiness
+    window ends, so the lease is never cut short), to name another
+    successor when a leader loses the one it named, and to retry a
+    leadership transfer whose target went away.  A notice about a live peer
+    costs at most a pre-vote round.  Exported from ``almost_raft.transports``
+    (docs/specification.md, "Connection closed").
+
+    Attributes:
+        node_id: the peer whose connection closed; an id outside the view
+            (or this node's own) is refused and counted.
+    """
+
+    node_id: NodeId
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (raises ``TypeError``)."""
+        _check_node_id("PeerDisconnected", "node_id", self.node_id)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class LeaderChanged:
     """Event: this node's view of the leader changed.
 
@@ -331,11 +372,11 @@ class Role(enum.Enum):
 Message: TypeAlias = RequestVote | VoteResponse | Heartbeat | HeartbeatResponse | TimeoutNow
 """The messages peers exchange."""
 
-ControlMessage: TypeAlias = AddNode | RemoveNode | TransferLeadership
-"""The messages an application sends into ``control`` to steer one node."""
+ControlMessage: TypeAlias = AddNode | RemoveNode | TransferLeadership | PeerDisconnected
+"""The messages an application (or its transport: ``PeerDisconnected``) sends into ``control`` to steer one node."""
 
 MESSAGE_TYPES: tuple[type, ...] = (RequestVote, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
-CONTROL_TYPES: tuple[type, ...] = (AddNode, RemoveNode, TransferLeadership)
+CONTROL_TYPES: tuple[type, ...] = (AddNode, RemoveNode, TransferLeadership, PeerDisconnected)
 
 
 def check_seconds(name: str, value: object) -> float:

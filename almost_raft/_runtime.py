@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._core import Config, Election, Output
+from ._core import Config, Election, Output, worth_logging
 from ._executor import Executor
 from ._messages import (
     MESSAGE_TYPES,
@@ -38,6 +38,7 @@ from ._messages import (
     LeaderChanged,
     Message,
     NodeId,
+    PeerDisconnected,
     RemoveNode,
     Role,
     TransferLeadership,
@@ -525,7 +526,7 @@ class Runtime:
         if item is CLOSED:
             logger.info("node %r term %d: control was closed", self.config.self_id, core.term)
             return core.shutdown(now)
-        if not isinstance(item, (AddNode, RemoveNode, TransferLeadership)):
+        if not isinstance(item, (AddNode, RemoveNode, TransferLeadership, PeerDisconnected)):
             self._reject(item, f"{type(item).__name__} is neither a peer message nor a control message")
             return None
         try:
@@ -543,6 +544,8 @@ class Runtime:
                 if sender is not None:
                     sender.close()
             return out
+        if isinstance(item, PeerDisconnected):
+            return core.peer_disconnected(item.node_id, now)
         return core.transfer_leadership(item.target_id, now)
 
     def _add_node(self, node: Node, now: float) -> Output | None:
@@ -560,9 +563,17 @@ class Runtime:
         return out
 
     def _reject(self, item: object, why: str) -> None:
-        self.counters.messages_rejected += 1
+        count = self.counters.messages_rejected = self.counters.messages_rejected + 1
         bump(self.counters.rejected_by_kind, type(item).__name__)
-        logger.warning("node %r term %d: dropped %r from control: %s", self.config.self_id, self.term, item, why)
+        if worth_logging(count):
+            logger.warning(
+                "node %r term %d: dropped %r from control: %s (%d dropped)",
+                self.config.self_id,
+                self.term,
+                item,
+                why,
+                count,
+            )
 
     def submit(self, command: Command) -> None:
         """Queue a request made through the state, and wake the driver."""

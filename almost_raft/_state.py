@@ -63,6 +63,14 @@ class Status:
         step_downs: times it stopped being leader.
         check_quorum_step_downs: step-downs because no quorum answered within T.
         transfers_started: ``TimeoutNow`` messages sent.
+        transfer_retries: ``TimeoutNow`` sent to the next-best peer because a
+            transfer's target did not stand in time.
+        pre_votes_held: pre-votes held until this node's stickiness window ended.
+        late_timers: timers that fired more than ``T / 2`` late and were let go.
+        disconnects: ``PeerDisconnected`` notices taken (ids in the view).
+        named_successor: the designated successor this node knows: named in
+            the last heartbeat it accepted, or (a leader) named in its last
+            round; ``None`` when none.
         messages_received: peer messages taken from ``control``.
         messages_sent: messages handed to ``Node.send_message`` without error.
         messages_rejected: bad input dropped (wrong type, unknown sender,
@@ -100,6 +108,11 @@ class Status:
     step_downs: int
     check_quorum_step_downs: int
     transfers_started: int
+    transfer_retries: int
+    pre_votes_held: int
+    late_timers: int
+    disconnects: int
+    named_successor: NodeId | None
     messages_received: int
     messages_sent: int
     messages_rejected: int
@@ -159,6 +172,8 @@ class RaftElectionState:
         election_timeout_max: float | None = None,
         rng: random.Random | None = None,
         clock_drift: float = DEFAULT_CLOCK_DRIFT,
+        successor: bool = True,
+        overload_backoff: bool = True,
     ) -> tuple[RaftElectionState, MemoryObjectSendStream[ControlMessage | Message]]:
         """Check a configuration and build a node's state and its ``control`` stream.
 
@@ -189,11 +204,17 @@ class RaftElectionState:
             rng: the only source of randomness (seed it to replay a run).
             clock_drift: the largest relative rate difference between two
                 nodes' clocks; the lease lasts ``T * (1 - d) / (1 + d)``.
+            successor: a leader names a designated successor in its
+                heartbeats, which stands exactly ``T`` after the last one it
+                accepted instead of after a random timeout (faster failover;
+                docs/specification.md, "Designated successor").
+            overload_backoff: back elections off when this process is
+                overloaded (docs/specification.md, "Overload").
 
         Returns:
             ``(state, control)``: run ``raft_election(state)``, and send peer
             messages and ``AddNode``/``RemoveNode``/``TransferLeadership`` into
-            ``control``.  Closing ``control`` ends the election.
+            ``control`` (and, from a transport, ``PeerDisconnected``).  Closing ``control`` ends the election.
 
         Raises:
             TypeError: a value of the wrong type: for example ids instead of
@@ -218,6 +239,8 @@ class RaftElectionState:
             pre_vote=pre_vote,
             check_quorum=check_quorum,
             clock_drift=clock_drift,
+            successor=successor,
+            overload_backoff=overload_backoff,
         )
         storage = MemoryStorage() if storage is None else check_storage(storage)
         if rng is None:
@@ -372,6 +395,11 @@ class RaftElectionState:
             step_downs=counters.step_downs,
             check_quorum_step_downs=counters.check_quorum_step_downs,
             transfers_started=counters.transfers_started,
+            transfer_retries=counters.transfer_retries,
+            pre_votes_held=counters.pre_votes_held,
+            late_timers=counters.late_timers,
+            disconnects=counters.disconnects,
+            named_successor=None if core is None else core.named_successor,
             messages_received=driver.messages_received,
             messages_sent=driver.messages_sent,
             messages_rejected=driver.messages_rejected + counters.messages_rejected,

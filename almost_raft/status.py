@@ -68,6 +68,10 @@ _COUNTERS = (
     ("step_downs", "Times this node stopped being leader."),
     ("check_quorum_step_downs", "Step-downs because no quorum answered within T."),
     ("transfers_started", "Leadership transfers started (TimeoutNow sent)."),
+    ("transfer_retries", "TimeoutNow sent again to the next-best peer, the first target not having stood."),
+    ("pre_votes_held", "Pre-votes held until this node's stickiness window ended."),
+    ("late_timers", "Timers that fired more than T/2 late and were let go (an overloaded loop)."),
+    ("disconnects", "PeerDisconnected notices taken from the transport."),
 )
 _BY_KIND = (
     ("messages_received", "received_by_kind", "Peer messages received, by kind."),

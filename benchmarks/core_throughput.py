@@ -7,8 +7,9 @@ tight loop, with a clock that moves forward a little for every message:
 * ``heartbeat_response``: a leader of 3 receives its followers' acknowledgements.
 * ``request_vote``: a node receives vote requests, each for a newer term, and
   grants them (a new term and a vote to persist every time: the costliest path).
-* ``pre_vote_refused``: a follower with a live leader refuses pre-votes
-  (leader stickiness), as it does while a cut-off node keeps asking.
+* ``pre_vote_held``: a follower with a live leader holds pre-votes until its
+  stickiness window ends (leader stickiness; the latest request of each
+  candidate waits), as it does while a cut-off node keeps asking.
 * ``mixed``: the four above, one after the other, as one figure.
 
 The baseline is a plain loop over the same messages that only decodes them:
@@ -59,6 +60,9 @@ def _config(self_id: str) -> Config:
         heartbeat_interval=H,
         min_nodes=3,
         lease_duration=T * 0.99 / 1.01,
+        # The library's defaults: a leader names a successor in every round.
+        successor=True,
+        overload_backoff=True,
     )
 
 
@@ -109,8 +113,8 @@ def request_vote(n: int) -> Workload:
     return core, msgs, _times(n, 2 * T)
 
 
-def pre_vote_refused(n: int) -> Workload:
-    """A follower that hears its leader ``b`` refuses ``c``'s pre-votes (stickiness)."""
+def pre_vote_held(n: int) -> Workload:
+    """A follower that hears its leader ``b`` holds ``c``'s pre-votes until its window ends (stickiness)."""
     core = Election(_config("a"), peers=["b", "c"], hard_state=None, rng=random.Random(1), now=0.0)
     core.step(Heartbeat(1, "b", 1), 0.001)
     msgs: list[Message] = [RequestVote(2, "c", pre_vote=True) for _ in range(n)]
@@ -123,7 +127,7 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "heartbeat": heartbeat,
     "heartbeat_response": heartbeat_response,
     "request_vote": request_vote,
-    "pre_vote_refused": pre_vote_refused,
+    "pre_vote_held": pre_vote_held,
 }
 
 

@@ -20,6 +20,14 @@ group has elected a leader and settled, the benchmark watches for
   the window; nothing is faulted, so every one of them is spurious.  Pre-votes
   started (an election timer that fired, harmless when refused) are counted too.
 
+With ``--starve SECONDS`` the process is starved once, ``--starve-at``
+seconds into the window: the event loop is blocked (``time.sleep``) for that
+long, as a process that gets no CPU would be.  Every timer is then late by up
+to that much.  The window is then sampled every half second: how many groups
+changed leader (view ``(term, leader)``) and how many elections started in
+each second after the starvation ended, and when the last change happened.
+The goal (issue 13, overload): back to zero leader changes within 10 seconds.
+
 Each (backend, G) runs in a fresh process so that its CPU and memory figures
 are its own.  The goal: 1,000 groups (3,000 nodes) on one core with zero
 spurious elections.
@@ -28,6 +36,7 @@ spurious elections.
     python benchmarks/many_groups.py --quick              # asyncio, G = 10, 100; 2 s each
     python benchmarks/many_groups.py --groups 1000 --duration 20 --backends asyncio
     python benchmarks/many_groups.py --groups 100 --duration 20 --backends asyncio --driver default
+    python benchmarks/many_groups.py --groups 1000 --duration 30 --backends asyncio --starve 5
 """
 
 from __future__ import annotations
@@ -106,8 +115,43 @@ async def _lag_probe(lags: list[float], stop: anyio.Event) -> None:
         lags.append(anyio.current_time() - start - 0.010)
 
 
+async def _starve_and_watch(
+    all_states: Sequence[Sequence[RaftElectionState]],
+    start_at: float,
+    seconds: float,
+    timeline: list[tuple[float, int, int]],
+    stop: anyio.Event,
+) -> None:
+    """Block the event loop for *seconds* at *start_at*, then sample the groups every half second.
+
+    Appends ``(seconds since the starvation ended, groups whose leader view
+    changed since the last sample, elections started since the last sample)``
+    to *timeline*; the first entry (time 0) compares with the views before
+    the starvation.
+    """
+    await anyio.sleep_until(start_at)
+    views = [_agreed(states) for states in all_states]
+    started, _ = _elections(all_states)
+    time.sleep(seconds)  # noqa: ASYNC251 - the point: nothing else runs meanwhile
+    ended = anyio.current_time()
+    while not stop.is_set():
+        now_views = [_agreed(states) for states in all_states]
+        now_started, _ = _elections(all_states)
+        changed = sum(1 for a, b in zip(views, now_views, strict=True) if a != b)
+        timeline.append((anyio.current_time() - ended, changed, now_started - started))
+        views, started = now_views, now_started
+        await anyio.sleep(0.5)
+
+
 async def run_groups(
-    groups: int, duration: float, sample: int, seed: int, hosted: bool = True, freeze: bool = False
+    groups: int,
+    duration: float,
+    sample: int,
+    seed: int,
+    hosted: bool = True,
+    freeze: bool = False,
+    starve: float = 0.0,
+    starve_at: float = 5.0,
 ) -> dict[str, object]:
     """Run *groups* groups, wait for them to elect, and watch them for *duration* seconds.
 
@@ -192,6 +236,9 @@ async def run_groups(
         tg.start_soon(_lag_probe, lags, stop)
         window_start = anyio.current_time()
         cpu0, wall0 = process_cpu(), time.perf_counter()
+        timeline: list[tuple[float, int, int]] = []
+        if starve > 0:
+            tg.start_soon(_starve_and_watch, all_states, window_start + starve_at, starve, timeline, stop)
         await anyio.sleep(duration)
         cpu1, wall1 = process_cpu(), time.perf_counter()
         window_end = anyio.current_time()
@@ -232,7 +279,32 @@ async def run_groups(
         }
     )
     result["spurious_elections"] = int(result["elections_started"]) + changed  # type: ignore[call-overload]
+    if starve > 0:
+        result.update(_starvation_summary(timeline, starve))
     return result
+
+
+def _starvation_summary(timeline: list[tuple[float, int, int]], starve: float) -> dict[str, object]:
+    """What happened after the starvation: changes per second, and when the last one was seen."""
+    changes = sum(c for _, c, _ in timeline)
+    elections = sum(e for _, _, e in timeline)
+    busy = [t for t, c, e in timeline if c or e]
+    per_second: dict[int, list[int]] = {}
+    for t, c, e in timeline:
+        bucket = per_second.setdefault(int(t), [0, 0])
+        bucket[0] += c
+        bucket[1] += e
+    watched = timeline[-1][0] if timeline else 0.0
+    return {
+        "starve_s": starve,
+        "starve_changes": changes,
+        "starve_elections": elections,
+        # When the last sample with a leader change or an election was taken,
+        # counted from the end of the starvation (0.0: none at all).
+        "starve_last_change_s": max(busy) if busy else 0.0,
+        "starve_watched_s": watched,
+        "starve_per_second": [[k, *v] for k, v in sorted(per_second.items())],
+    }
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -245,6 +317,8 @@ def run_one(args: argparse.Namespace) -> None:
         args.seed,
         args.driver == "host",
         args.gc_freeze,
+        args.starve,
+        args.starve_at,
         backend=args.backend[0],
     )
     result["backend"] = args.backend[0]
@@ -270,6 +344,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         default="host",
         help="host: one ElectionHost runs every election; default: one raft_election task per node",
     )
+    parser.add_argument(
+        "--starve",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="block the event loop this long once, --starve-at seconds into the window (overload recovery)",
+    )
+    parser.add_argument("--starve-at", type=float, default=5.0, help="seconds into the window (default 5)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -298,11 +380,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 "--driver",
                 args.driver,
                 *(["--gc-freeze"] if args.gc_freeze else []),
+                *(["--starve", str(args.starve), "--starve-at", str(args.starve_at)] if args.starve else []),
             ]
             print(f"running {backend} G={groups} ...", file=sys.stderr, flush=True)
             try:
                 proc = subprocess.run(
-                    command, capture_output=True, text=True, timeout=args.duration + 120 + groups / 50, check=False
+                    command,
+                    capture_output=True,
+                    text=True,
+                    timeout=args.duration + args.starve + 120 + groups / 50,
+                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 results.append({"backend": backend, "groups": groups, "error": "timed out"})
@@ -365,6 +452,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     print(f"load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}")
     print()
     print(table(headers, rows))
+    starved = [r for r in results if "starve_s" in r]
+    if starved:
+        print()
+        print(
+            f"after {args.starve:g} s of starvation ({args.starve_at:g} s into the window), "
+            "leader changes / elections started per second:"
+        )
+        srows = []
+        for r in starved:
+            per = " ".join(f"{k}s:{c}/{e}" for k, c, e in r["starve_per_second"])  # type: ignore[attr-defined]
+            srows.append(
+                [
+                    r["backend"],
+                    r["groups"],
+                    r["starve_changes"],
+                    r["starve_elections"],
+                    r["starve_last_change_s"],
+                    r["starve_watched_s"],
+                    per,
+                ]
+            )
+        print(
+            table(
+                ["backend", "G", "leader changes", "elections", "last change s after", "watched s", "per second"],
+                srows,
+            )
+        )
+        for r in starved:
+            ok = float(r["starve_last_change_s"]) <= 10.0 and float(r["starve_watched_s"]) >= 15.0  # type: ignore[arg-type]
+            print(
+                f"goal (back to zero leader changes within 10 s of the starvation, watched >= 15 s) "
+                f"on {r['backend']}: {'met' if ok else 'NOT met'}"
+            )
     goal = [
         r
         for r in results
@@ -384,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "election_timeout": TIMEOUT,
         "load_average_before": load_before,
         "load_average_after": load_after,
+        "starve_s": args.starve,
+        "starve_at_s": args.starve_at,
         "results": results,
     }
     path = write_json("many_groups", data)

@@ -9,8 +9,19 @@ default) can reach through any interleaving of these steps, and checks the
 * deliver a copy of a message and keep it in flight (a duplicate; a path
   may hold ``max_duplicates`` of them);
 * fire the timer of any node (see the clock models below);
-* restart a node from its storage, and ask a leader to hand over (each
-  within a budget, off by default).
+* restart a node from its storage, ask a leader to hand over, and tell a
+  node that a peer's connection closed (``PeerDisconnected``, true or not:
+  the successor's early pre-vote round), each within a budget, off by
+  default (a notice that cannot change its receiver, see
+  ``_notice_matters``, is not explored: it would only spend the budget);
+* with ``successor_names``, deliver a heartbeat naming the receiver as the
+  designated successor when it named another, or naming none when it named
+  the receiver: peers that disagree about who was named.
+
+The designated successor (on by default, as in the library) needs no
+special timing here: every timer may fire at its deadline or at any later
+point of the interleaving, so a successor standing exactly ``T`` after its
+last heartbeat, and the others later, are among the paths explored.
 
 Two clock models:
 
@@ -64,7 +75,7 @@ from typing import Any, Literal, final
 from .._config import Config, make_config
 from .._core import CoreCounters, Election, Output
 from .._executor import Executor
-from .._messages import LeaderChanged, Message, NodeId, Role
+from .._messages import Heartbeat, LeaderChanged, Message, NodeId, Role
 from .._protocols import HardState
 from ._safety import SafetyChecker, SafetyViolation, Transcript, Violation
 from ._sim import core_logging
@@ -128,12 +139,21 @@ class ExplorationResult:
 
 # ------------------------------------------------------------ core copies
 
-_SKIP_IN_KEY = frozenset({"config", "counters", "_rng", "_sends", "_events", "_persisted", "_self_id"})
+# ``_backoff`` only scales the random part of a timeout, which is zero here
+# (``election_timeout_max == T``): states that differ in it alone behave alike.
+_SKIP_IN_KEY = frozenset({"config", "counters", "_rng", "_sends", "_events", "_persisted", "_self_id", "_backoff"})
 _IMMUTABLE = (int, float, str, bool, type(None), tuple, frozenset, Role, Config, HardState)
 # Times the core only ever compares as ``now >= t`` or ``now < t``: once in
 # the past, how long ago no longer matters.
 _DEADLINES = frozenset(
-    {"_election_deadline", "_sticky_until", "heartbeat_deadline", "transfer_deadline", "lease_expires_at"}
+    {
+        "_election_deadline",
+        "_sticky_until",
+        "heartbeat_deadline",
+        "transfer_deadline",
+        "transfer_retry_at",
+        "lease_expires_at",
+    }
 )
 # The state of the current role (``Election._cand``, ``Election._lead``):
 # ``None`` or a small object with ``__slots__`` and ``copy()``.
@@ -257,7 +277,18 @@ def _role_key(state: object, now: float, floor: float) -> object:
 
 @final
 class _State:
-    __slots__ = ("checker", "cores", "dups", "inflight", "keys", "nows", "restarts", "rounds", "transfers")
+    __slots__ = (
+        "checker",
+        "cores",
+        "disconnects",
+        "dups",
+        "inflight",
+        "keys",
+        "nows",
+        "restarts",
+        "rounds",
+        "transfers",
+    )
 
     def __init__(
         self,
@@ -270,6 +301,7 @@ class _State:
         transfers: int,
         rounds: tuple[tuple[int, int], ...],
         checker: SafetyChecker,
+        disconnects: int = 0,
     ) -> None:
         self.nows = nows
         self.cores = cores
@@ -278,6 +310,7 @@ class _State:
         self.dups = dups
         self.restarts = restarts
         self.transfers = transfers
+        self.disconnects = disconnects
         self.rounds = rounds
         self.checker = checker
 
@@ -300,6 +333,7 @@ class _State:
             self.transfers,
             self.rounds,
             self.checker,
+            self.disconnects,
         )
 
     def key(self) -> int:
@@ -310,6 +344,7 @@ class _State:
                 self.dups,
                 self.restarts,
                 self.transfers,
+                self.disconnects,
                 self.rounds,
                 self.checker.leaders_key(),
             )
@@ -329,10 +364,14 @@ class _Explorer:
         max_heartbeats: int,
         restarts: int,
         transfers: int,
+        disconnects: int,
+        successor_names: bool,
         timeout_quanta: int,
         pre_vote: bool,
         check_quorum: bool,
         split_vote_retry: bool,
+        successor: bool,
+        overload_backoff: bool,
         clock_drift: float,
     ) -> None:
         self.ids = ids
@@ -354,14 +393,17 @@ class _Explorer:
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
                 split_vote_retry=split_vote_retry,
+                successor=successor,
+                overload_backoff=overload_backoff,
                 clock_drift=clock_drift,
                 warn=False,
             )
             for node_id in ids
         )
+        self.successor_names = successor_names
         self.rng = _LowDraws(0)
         self.layout = _Layout(self._new_core(0, None, 0.0), timeout)
-        self.budgets = (max_duplicates, restarts, transfers)
+        self.budgets = (max_duplicates, restarts, transfers, disconnects)
         self.truncated = 0
         self.order: dict[Message, str] = {}
         self.transcript: Transcript | None = None
@@ -378,7 +420,7 @@ class _Explorer:
         violation = None
         for i, core in enumerate(cores):
             violation = violation or self._observe(checker, i, core, 0.0, "start", None, ())
-        dups, restarts, transfers = self.budgets
+        dups, restarts, transfers, disconnects = self.budgets
         state = _State(
             nows=tuple(0.0 for _ in cores),
             cores=cores,
@@ -389,6 +431,7 @@ class _Explorer:
             transfers=transfers,
             rounds=tuple((0, 0) for _ in cores),
             checker=checker,
+            disconnects=disconnects,
         )
         return state, violation
 
@@ -433,6 +476,9 @@ class _Explorer:
             if state.dups > 0:
                 for j, (succ, broken) in enumerate(self._deliver(state, item, list(inflight), state.dups - 1)):
                     yield ("duplicate", item, j), succ, broken
+            if self.successor_names and type(item[2]) is Heartbeat:
+                for j, (succ, broken) in enumerate(self._deliver(state, self._renamed(item), list(rest), state.dups)):
+                    yield ("renamed", item, j), succ, broken
         for i, core in enumerate(state.cores):
             deadline = core.next_deadline
             if deadline == _NEVER or (self.shared and deadline > state.nows[i]):
@@ -452,16 +498,25 @@ class _Explorer:
                 if core.role is Role.LEADER:
                     for j, (succ, broken) in enumerate(self._transfer(state, i)):
                         yield ("transfer", i, j), succ, broken
+        if state.disconnects > 0:
+            for i, core in enumerate(state.cores):
+                for p in range(len(state.cores)):
+                    if p != i and _notice_matters(core, self.ids[p]):
+                        for j, (succ, broken) in enumerate(self._disconnect(state, i, p)):
+                            yield ("disconnect", (i, p), j), succ, broken
 
     def apply(self, state: _State, action: _Action) -> tuple[_State, Violation | None]:
         """Take one step again (to rebuild the trace of a violation)."""
         kind, arg, choice = action
         self.choice = choice
-        if kind in ("deliver", "duplicate", "lose"):
+        if kind in ("deliver", "duplicate", "lose", "renamed"):
             item: _Item = arg  # type: ignore[assignment]
             rest = list(state.inflight)
             if kind != "duplicate":
                 rest.remove(item)
+            if kind == "renamed":
+                (result,) = self._deliver(state, self._renamed(item), rest, state.dups)
+                return result
             if kind == "lose":
                 if self.transcript is not None:
                     detail = (item[1], item[2], "lost")
@@ -471,6 +526,10 @@ class _Explorer:
             return result
         if kind == "advance":
             return self._advance(state), None
+        if kind == "disconnect":
+            pair: tuple[int, int] = arg  # type: ignore[assignment]
+            (result,) = self._disconnect(state, *pair)
+            return result
         index: int = arg  # type: ignore[assignment]
         if kind == "tick":
             (result,) = self._tick(state, index)
@@ -511,6 +570,22 @@ class _Explorer:
         out = core.transfer_leadership(None, now)
         state = state.but(transfers=state.transfers - 1)
         return self._after(state, i, now, core, out, list(state.inflight), "transfer", None)
+
+    def _disconnect(self, state: _State, i: int, p: int) -> list[tuple[_State, Violation | None]]:
+        core = self.layout.clone(state.cores[i])
+        now = state.nows[i]
+        out = core.peer_disconnected(self.ids[p], now)
+        state = state.but(disconnects=state.disconnects - 1)
+        kind = f"PeerDisconnected({self.ids[p]!r})"
+        return self._after(state, i, now, core, out, list(state.inflight), kind, None)
+
+    def _renamed(self, item: _Item) -> _Item:
+        """*item*, a heartbeat, naming its receiver as the successor if it named another, else naming none."""
+        i, sender, message = item
+        assert type(message) is Heartbeat
+        receiver = self.ids[i]
+        successor = None if message.successor == receiver else receiver
+        return (i, sender, Heartbeat(message.term, message.leader_id, message.seq, successor))
 
     def _advance(self, state: _State) -> _State:
         nows = tuple(now + 1.0 for now in state.nows)
@@ -588,9 +663,39 @@ class _Explorer:
             flight = inflight + list(kept) if kept else inflight
             if len(flight) > 1:
                 flight.sort(key=self._sort_key)
-            new = _State(nows, cores, keys, tuple(flight), dups, state.restarts, state.transfers, rounds, checker)
+            new = _State(
+                nows,
+                cores,
+                keys,
+                tuple(flight),
+                dups,
+                state.restarts,
+                state.transfers,
+                rounds,
+                checker,
+                state.disconnects,
+            )
             results.append((new, violation))
         return results
+
+
+def _notice_matters(core: Election, peer: NodeId) -> bool:
+    """Whether ``PeerDisconnected(peer)`` can change *core* (``Election.peer_disconnected``).
+
+    Only a leader (it stops naming the peer, or retries a transfer to it)
+    and the designated successor of that peer (it stands) act on a notice.
+    Any other notice leaves the core as it was and only spends the budget:
+    every state reachable after it is reachable without it, so it is not
+    explored.
+    """
+    if core.role is Role.LEADER:
+        return True
+    return (
+        core.role is Role.FOLLOWER
+        and core.config.successor
+        and core.leader_id == peer
+        and core.named_successor == core.self_id
+    )
 
 
 def explore(
@@ -604,10 +709,14 @@ def explore(
     max_depth: int | None = None,
     restarts: int = 0,
     transfers: int = 0,
+    disconnects: int = 0,
+    successor_names: bool = False,
     timeout_quanta: int = 2,
     pre_vote: bool = True,
     check_quorum: bool = True,
     split_vote_retry: bool = True,
+    successor: bool = True,
+    overload_backoff: bool = True,
     clock_drift: float = 0.01,
     max_states: int | None = None,
 ) -> ExplorationResult:
@@ -624,9 +733,15 @@ def explore(
         max_depth: explore paths of at most this many steps (``None``: no limit).
         restarts: how many restarts from storage a path may contain.
         transfers: how many leadership transfers a path may contain.
+        disconnects: how many ``PeerDisconnected`` notices a path may contain
+            (any node, about any peer, at any point: true or spurious).
+        successor_names: heartbeats may arrive naming another successor
+            (the receiver, or none when it was named): peers that disagree
+            about who was named.
         timeout_quanta: ``T`` in time quanta (even, >= 2); the heartbeat
             interval is ``T / 2``.  More quanta: finer timing, more states.
-        pre_vote, check_quorum, split_vote_retry: the core's switches.
+        pre_vote, check_quorum, split_vote_retry, successor, overload_backoff:
+            the core's switches.
         clock_drift: the configured drift bound (sets the lease length).
         max_states: stop after this many distinct states (``None``: no limit).
 
@@ -645,10 +760,14 @@ def explore(
         "max_heartbeats": max_heartbeats,
         "restarts": restarts,
         "transfers": transfers,
+        "disconnects": disconnects,
+        "successor_names": successor_names,
         "timeout_quanta": timeout_quanta,
         "pre_vote": pre_vote,
         "check_quorum": check_quorum,
         "split_vote_retry": split_vote_retry,
+        "successor": successor,
+        "overload_backoff": overload_backoff,
         "clock_drift": clock_drift,
     }
     ids: tuple[NodeId, ...] = tuple(chr(ord("a") + i) for i in range(nodes))

@@ -163,6 +163,9 @@ class RandomFaults:
     * ``clock``: redraw one node's clock rate within the simulation's
       ``true_drift`` (takes effect at once, never ends);
     * ``transfer``: ask the leader to hand over (a control action);
+    * ``disconnect``: tell a random node that a random peer's connection
+      closed (``PeerDisconnected``) while that peer still runs: a spurious
+      notice, as a reset connection of a live process gives (off by default);
     * ``wipe``: crash a node and restart it *without* its storage.  This
       breaks the one-vote-per-term rule by design, so it is off by default.
 
@@ -185,6 +188,7 @@ class RandomFaults:
     lossy: float = 1.0
     clock: float = 0.5
     transfer: float = 0.5
+    disconnect: float = 0.0
     wipe: float = 0.0
     max_down: int | None = None
     lossy_link: LinkFaults = field(
@@ -215,6 +219,7 @@ class RandomFaults:
             "lossy": self.lossy,
             "clock": self.clock,
             "transfer": self.transfer,
+            "disconnect": self.disconnect,
             "wipe": self.wipe,
         }
 
@@ -295,6 +300,15 @@ class FaultInjector:
                 return
             target = self._rng.choice([None, *[i for i in ids if i != leader]])
             sim.transfer_leadership(leader, target)
+        elif kind == "disconnect":
+            # Most often the interesting one: a follower told that its leader went.
+            leader = sim.leader()
+            if leader is not None and self._rng.random() < 0.5:
+                peer = leader
+                node = self._rng.choice([i for i in ids if i != leader])
+            else:
+                node, peer = self._rng.sample(ids, 2)
+            sim.peer_disconnected(node, peer)
         else:
             self._network_busy = True
             self._network_fault(sim, kind, ids)

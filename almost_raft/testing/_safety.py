@@ -106,7 +106,8 @@ def describe_message(message: Message) -> str:
             answer = "granted" if message.granted else "refused"
             return f"VoteResponse t{message.term} {answer}{' pre-vote' if message.pre_vote else ''}"
         case Heartbeat():
-            return f"Heartbeat t{message.term} #{message.seq}"
+            named = "" if message.successor is None else f" successor {message.successor!s}"
+            return f"Heartbeat t{message.term} #{message.seq}{named}"
         case HeartbeatResponse():
             return f"HeartbeatResponse t{message.term} #{message.seq} {'ok' if message.success else 'refused'}"
         case TimeoutNow():

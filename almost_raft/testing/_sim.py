@@ -20,6 +20,7 @@ that names the seed and shows the last relevant steps.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -153,7 +154,12 @@ class Simulation:
         election_timeout: ``T`` in seconds.
         election_timeout_max: the top of the timeout range (default ``2 * T``).
         heartbeat_interval: default ``T / 3``.
-        pre_vote, check_quorum, split_vote_retry: the core's switches.
+        pre_vote, check_quorum, split_vote_retry, successor, overload_backoff:
+            the core's switches (``make_config``).
+        disconnect_notice: model a transport that sees connections close:
+            when a node crashes (or restarts), every running peer is told
+            ``PeerDisconnected`` one link delay later, unless the link is cut
+            (the kernel of the crashed node closed its connections).
         clock_drift: the drift bound the nodes are configured with; their
             lease lasts ``T * (1 - d) / (1 + d)``.
         true_drift: how much the simulated clocks really drift: each node's
@@ -171,8 +177,8 @@ class Simulation:
     ``run_deliveries``, and script faults with ``crash``, ``restart``,
     ``pause``, ``resume``, ``cut``, ``isolate``, ``partition``,
     ``partial_partition``, ``set_link``, ``set_clock_rate``, and control
-    actions with ``transfer_leadership``, ``remove_peer`` and ``add_peer``,
-    directly or at a virtual time with ``at``/``after``.
+    actions with ``transfer_leadership``, ``remove_peer``, ``add_peer`` and
+    ``peer_disconnected``, directly or at a virtual time with ``at``/``after``.
 
     Raises:
         SafetyViolation: from any ``run_*`` call or fault, when a rule breaks.
@@ -189,6 +195,9 @@ class Simulation:
         pre_vote: bool = True,
         check_quorum: bool = True,
         split_vote_retry: bool = True,
+        successor: bool = True,
+        overload_backoff: bool = True,
+        disconnect_notice: bool = False,
         clock_drift: float = 0.01,
         true_drift: float = 0.0,
         link: LinkFaults | None = None,
@@ -211,6 +220,7 @@ class Simulation:
             raise ValueError("true_drift must be in [0, 0.5)")
         self.seed = seed
         self.log = log
+        self.disconnect_notice = disconnect_notice
         self.node_ids: tuple[NodeId, ...] = tuple(ids)
         self.clock_drift = clock_drift
         self.true_drift = true_drift
@@ -244,6 +254,8 @@ class Simulation:
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
                 split_vote_retry=split_vote_retry,
+                successor=successor,
+                overload_backoff=overload_backoff,
                 clock_drift=clock_drift,
                 warn=False,
             )
@@ -569,6 +581,21 @@ class Simulation:
         node.backlog.clear()
         if self.checker is not None:
             self.checker.crashed(node_id)
+        if self.disconnect_notice:
+            self._notify_disconnect(node_id)
+
+    def _notify_disconnect(self, gone: NodeId) -> None:
+        """The kernel of *gone* closed its connections: each peer learns it one link delay later (unless cut)."""
+        rng = self._net_rng
+        for other in self.node_ids:
+            if other == gone or (gone, other) in self._cuts:
+                continue
+            delay = self._links.get((gone, other), self._default_link).delay.sample(rng)
+            self.after(
+                delay,
+                functools.partial(Simulation.peer_disconnected, node_id=other, peer=gone),
+                f"{other!r}: connection to {gone!r} closed",
+            )
 
     def restart(self, node_id: NodeId, *, storage: bool = True) -> None:
         """Start *node_id* again (crashing it first if it runs).
@@ -648,6 +675,15 @@ class Simulation:
         self._fault(f"{node_id!r}: TransferLeadership({target!r})")
         with core_logging(self.log):
             self._apply(node, node.core.transfer_leadership(target, node.local(self._now)), "control", None)
+
+    def peer_disconnected(self, node_id: NodeId, peer: NodeId) -> None:
+        """``PeerDisconnected(peer)`` at *node_id*: its transport saw *peer*'s connection close; ignored unless it runs."""
+        node = self._nodes[node_id]
+        if node.status != "up":
+            return
+        self._fault(f"{node_id!r}: PeerDisconnected({peer!r})")
+        with core_logging(self.log):
+            self._apply(node, node.core.peer_disconnected(peer, node.local(self._now)), "control", None)
 
     def remove_peer(self, node_id: NodeId, peer: NodeId) -> None:
         """``RemoveNode(peer)`` at *node_id*: *peer* leaves that node's view (only).

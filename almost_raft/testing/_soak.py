@@ -14,8 +14,10 @@ from ._sim import Simulation
 def random_simulation(seed: int | str, *, check_safety: bool = True) -> Simulation:
     """A simulation whose whole configuration is drawn from *seed*.
 
-    The draw covers 3- and 5-node clusters; pre-vote, check-quorum and the
-    split-vote rule on or off; several timeout ranges and heartbeat
+    The draw covers 3- and 5-node clusters; pre-vote, check-quorum, the
+    split-vote rule, the designated successor and the overload rules on or
+    off; connection-closed notices on crashes and spurious ones, or none;
+    several timeout ranges and heartbeat
     intervals; fixed, uniform and long-tailed delays with some loss,
     duplication and reordering; clocks drifting up to the configured bound;
     and a ``RandomFaults`` schedule of every kind except restarts without
@@ -38,10 +40,15 @@ def random_simulation(seed: int | str, *, check_safety: bool = True) -> Simulati
         reorder_delay=timeout / 5,
     )
     drift = rng.choice((0.0, 0.01, 0.05))
+    # Drawn from a stream of their own, so the draws above stay as they were.
+    extra = random.Random(f"{seed}/config/successor")
+    successor = extra.random() < 0.75
+    disconnect_notice = extra.random() < 0.5
     faults = RandomFaults(
         mean_interval=timeout * rng.choice((2, 5, 10)),
         min_duration=timeout / 3,
         max_duration=timeout * rng.choice((3, 10)),
+        disconnect=extra.choice((0.0, 0.5, 1.0)),
         lossy_link=LinkFaults(
             delay=LogNormalDelay(median=timeout / 50, sigma=1.0, floor=timeout / 1000, cap=timeout * 2),
             loss=0.3,
@@ -59,6 +66,9 @@ def random_simulation(seed: int | str, *, check_safety: bool = True) -> Simulati
         pre_vote=rng.random() < 0.75,
         check_quorum=rng.random() < 0.75,
         split_vote_retry=rng.random() < 0.75,
+        successor=successor,
+        overload_backoff=extra.random() < 0.75,
+        disconnect_notice=disconnect_notice,
         clock_drift=drift,
         true_drift=drift * rng.choice((0.0, 0.5, 1.0, 1.0)),
         link=link,

@@ -11,7 +11,11 @@ A frame is an 8-byte header and a UTF-8 JSON body::
 
 The body names its message kind and carries every field of that message, and
 nothing else: ``{"kind":"heartbeat","term":7,"leader_id":"a","seq":12}``.
-Every field is required (no defaults on the wire), terms and sequence numbers
+Every field is required (no defaults on the wire), except one optional field:
+a heartbeat's ``successor`` (a node id) is present when the leader names a
+designated successor and absent when it names none (never ``null``); a
+decoder of an earlier release refuses a heartbeat that carries it (an unknown
+key), so a mixed cluster must run with ``successor=False``.  Terms and sequence numbers
 are JSON integers in ``0..2**63-1``, node ids are JSON strings of 1 to 255
 UTF-8 bytes or JSON integers in the signed 64-bit range, flags are ``true`` or
 ``false``.  Duplicate keys, unknown keys, nested arrays or objects, floats,
@@ -90,6 +94,10 @@ _KINDS: Final[dict[str, tuple[Callable[..., Message], tuple[tuple[str, str], ...
 }
 _KIND_OF: Final[dict[type, str]] = {cls: kind for kind, (cls, _) in _KINDS.items()}  # type: ignore[misc]
 
+# kind -> optional fields, after the required ones in the dataclass's field
+# order; present on the wire only when not None.
+_OPTIONAL: Final[dict[str, tuple[tuple[str, str], ...]]] = {"heartbeat": (("successor", _ID),)}
+
 
 def _fail(reason: str, *, fatal: bool = False) -> NoReturn:
     raise WireError(reason, fatal=fatal)
@@ -113,6 +121,11 @@ def encode_message(message: Message) -> bytes:
         value = getattr(message, name)
         _check_value(kind, name, checker, value)
         body[name] = value
+    for name, checker in _OPTIONAL.get(kind, ()):
+        value = getattr(message, name)
+        if value is not None:
+            _check_value(kind, name, checker, value)
+            body[name] = value
     try:
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError) as exc:
@@ -240,15 +253,22 @@ def decode_body(body: bytes) -> Message:
     if spec is None:
         _fail(f"unknown message kind {kind[:40]!r}")
     cls, fields = spec
+    optional = _OPTIONAL.get(kind, ())
     expected = {"kind", *(name for name, _ in fields)}
-    if data.keys() != expected:
-        missing = sorted(expected - data.keys())
-        extra = sorted(k[:40] for k in data.keys() - expected)
+    keys = data.keys() - {name for name, _ in optional} if optional else data.keys()
+    if keys != expected:
+        missing = sorted(expected - keys)
+        extra = sorted(k[:40] for k in keys - expected)
         _fail(f"{kind}: missing fields {missing}, unknown fields {extra}")
     values: list[object] = []
     for name, checker in fields:
         value = data[name]
         _check_value(kind, name, checker, value)
+        values.append(value)
+    for name, checker in optional:
+        value = data.get(name)
+        if name in data:
+            _check_value(kind, name, checker, value)  # null is refused: absent means "none"
         values.append(value)
     try:
         return cls(*values)

@@ -43,8 +43,15 @@ def make_config(
     pre_vote: bool = True,
     check_quorum: bool = True,
     lease_duration: float = LEASE,
+    successor: bool = False,
+    overload_backoff: bool = False,
 ) -> Config:
-    """A core ``Config`` with the test defaults."""
+    """A core ``Config`` with the test defaults.
+
+    The designated successor and the overload rules are off, as in any
+    ``Config`` built by hand, so that each table tests its own rule; their
+    own tables turn them on.
+    """
     return Config(
         self_id=self_id,
         election_timeout=election_timeout,
@@ -55,6 +62,8 @@ def make_config(
         pre_vote=pre_vote,
         check_quorum=check_quorum,
         lease_duration=lease_duration,
+        successor=successor,
+        overload_backoff=overload_backoff,
     )
 
 
@@ -100,7 +109,15 @@ class Transfer:
     dt: float = 0.0
 
 
-Input = Tick | Step | AddPeer | RemovePeer | Transfer
+@dataclass(frozen=True)
+class Disconnect:
+    """``Election.peer_disconnected`` at ``h.now + dt`` (``PeerDisconnected`` from the transport)."""
+
+    node_id: NodeId
+    dt: float = 0.0
+
+
+Input = Tick | Step | AddPeer | RemovePeer | Transfer | Disconnect
 
 
 class Deadline(enum.Enum):
@@ -168,6 +185,9 @@ class Harness:
             case Transfer(target_id=target_id, dt=dt):
                 self.now = self._at(dt)
                 out = self.core.transfer_leadership(target_id, self.now)
+            case Disconnect(node_id=node_id, dt=dt):
+                self.now = self._at(dt)
+                out = self.core.peer_disconnected(node_id, self.now)
             case _:
                 raise AssertionError(f"unknown input {item!r}")
         self.outputs.append(out)
@@ -503,4 +523,6 @@ _CONFIG_FIELDS: Final = (
     "pre_vote",
     "check_quorum",
     "lease_duration",
+    "successor",
+    "overload_backoff",
 )

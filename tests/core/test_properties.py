@@ -21,6 +21,7 @@ changes nothing; a pre-vote request changes nothing on its receiver.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from almost_raft._messages import Message, NodeId
 
 from .helpers import (
     AddPeer,
+    Disconnect,
     Harness,
     Input,
     Pump,
@@ -83,7 +85,8 @@ def messages(
         case "VoteResponse":
             return VoteResponse(term, sender, draw(flag), draw(flag))
         case "Heartbeat":
-            return Heartbeat(term, sender, draw(seq))
+            named = draw(st.sampled_from((None, *senders)).filter(lambda n: n != sender))
+            return Heartbeat(term, sender, draw(seq), named)
         case "HeartbeatResponse":
             return HeartbeatResponse(term, sender, draw(flag), draw(seq))
         case _:
@@ -251,7 +254,7 @@ class Restart:
     seed: int
 
 
-Action = Step | Wait | AddPeer | RemovePeer | Transfer | Restart
+Action = Step | Wait | AddPeer | RemovePeer | Transfer | Disconnect | Restart
 
 _STEPS = st.builds(Step, messages(), st.floats(0, 0.4))
 ACTIONS: st.SearchStrategy[Action] = st.one_of(
@@ -262,6 +265,7 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
     st.builds(AddPeer, st.sampled_from(("b", "c", "d", "e", "a"))),
     st.builds(RemovePeer, st.sampled_from(("b", "c", "d", "e", "zz"))),
     st.builds(Transfer, st.sampled_from(("b", "c", "a", "zz", None))),
+    st.builds(Disconnect, st.sampled_from(("b", "c", "a", "zz"))),
     st.builds(Restart, st.integers(0, 2**16)),
 )
 
@@ -270,11 +274,18 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
 @given(
     start=st.sampled_from(list(STARTS)),
     pre_vote=st.booleans(),
+    fast=st.booleans(),
     actions=st.lists(ACTIONS, min_size=10, max_size=60),
 )
-def test_random_sequences_on_one_core(start: str, pre_vote: bool, actions: list[Action]) -> None:
-    """The specification's safety rules hold after every call of any sequence, across restarts from the persisted state."""
-    h = STARTS[start]() if pre_vote else fresh(pre_vote=False)
+def test_random_sequences_on_one_core(start: str, pre_vote: bool, fast: bool, actions: list[Action]) -> None:
+    """The specification's safety rules hold after every call of any sequence, across restarts from the persisted state.
+
+    ``fast`` turns on the designated successor and the overload rules.
+    """
+    if fast:
+        h = fresh(pre_vote=pre_vote, successor=True, overload_backoff=True)
+    else:
+        h = STARTS[start]() if pre_vote else fresh(pre_vote=False)
     w = Watch.of(h)
     for action in actions:
         match action:
@@ -283,7 +294,7 @@ def test_random_sequences_on_one_core(start: str, pre_vote: bool, actions: list[
                 _step_checked(h, w, m)
             case Wait(dt=dt):
                 _wait(h, w, dt)
-            case AddPeer() | RemovePeer() | Transfer():
+            case AddPeer() | RemovePeer() | Transfer() | Disconnect():
                 _call(h, w, action)
             case Restart(seed=seed):
                 if h.core.role is Role.TERMINATED:
@@ -353,6 +364,11 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class LeaderGone:
+    """Every node that follows a leader is told its connection closed (``PeerDisconnected``), true or not."""
+
+
+@dataclass(frozen=True)
 class HealAll:
     """Undo every ``Isolate`` and ``Cut``."""
 
@@ -365,7 +381,18 @@ class Run:
 
 
 PumpAction = (
-    Deliver | NextTimer | Wait | RestartNode | HandOver | IsolateLeader | DuplicateAll | Isolate | Cut | HealAll | Run
+    Deliver
+    | NextTimer
+    | Wait
+    | RestartNode
+    | HandOver
+    | IsolateLeader
+    | DuplicateAll
+    | Isolate
+    | Cut
+    | HealAll
+    | Run
+    | LeaderGone
 )
 
 _DELIVER = st.builds(Deliver, st.integers(0, 63))
@@ -385,7 +412,12 @@ PUMP_ACTIONS: st.SearchStrategy[PumpAction] = st.one_of(
     st.builds(Isolate, st.sampled_from(IDS)),
     st.builds(Cut, st.sampled_from(IDS), st.sampled_from(IDS)),
     st.just(HealAll()),
+    st.just(LeaderGone()),
 )
+
+
+def _disconnected(gone: NodeId, core: Election, now: float) -> Output:
+    return core.peer_disconnected(gone, now)
 
 
 def _check_cluster(pump: Pump, watches: dict[NodeId, Watch]) -> None:
@@ -403,11 +435,12 @@ def _check_cluster(pump: Pump, watches: dict[NodeId, Watch]) -> None:
     size=st.sampled_from([3, 5]),
     pre_vote=st.booleans(),
     check_quorum=st.booleans(),
+    fast=st.booleans(),
     seed=st.integers(0, 2**16),
     actions=st.lists(PUMP_ACTIONS, min_size=30, max_size=150),
 )
 def test_random_cluster_runs(
-    size: int, pre_vote: bool, check_quorum: bool, seed: int, actions: list[PumpAction]
+    size: int, pre_vote: bool, check_quorum: bool, fast: bool, seed: int, actions: list[PumpAction]
 ) -> None:
     """The specification's safety rules hold in a cluster under loss, duplication, reordering, delay, partitions and restarts.
 
@@ -415,10 +448,13 @@ def test_random_cluster_runs(
 
     Besides the per-node rules: at most one leader per term, at most one lease
     at any instant, every leader known to others really won, and every win
-    rests on grants from a quorum of distinct voters (paper 5.2).
+    rests on grants from a quorum of distinct voters (paper 5.2).  ``fast``
+    turns on the designated successor and the overload rules.
     """
     ids = IDS[:size]
-    pump = Pump.build(ids, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum)
+    pump = Pump.build(
+        ids, seed=seed, pre_vote=pre_vote, check_quorum=check_quorum, successor=fast, overload_backoff=fast
+    )
     watches = {i: Watch.of(h) for i, h in pump.members.items()}
     grants: dict[tuple[NodeId, int], set[NodeId]] = {}
 
@@ -467,6 +503,11 @@ def test_random_cluster_runs(
                 pump.cut |= {(a, b), (b, a)}
             case HealAll():
                 pump.cut.clear()
+            case LeaderGone():
+                for node_id, h in pump.members.items():
+                    gone = h.core.leader_id
+                    if gone is not None and gone != node_id:
+                        pump.call(node_id, functools.partial(_disconnected, gone))
             case Run(dt=dt):
                 pump.run(until=pump.now + dt)
         _check_cluster(pump, watches)

@@ -25,6 +25,7 @@ from almost_raft import (
     VoteResponse,
 )
 from almost_raft._messages import NodeId
+from almost_raft.transports import PeerDisconnected
 
 from .helpers import HB, FakeNode, T, feed, local_cluster, view, warnings_about
 
@@ -119,6 +120,10 @@ CASES = {
             corrupt(RemoveNode(c.other), node_id=2.5),
             corrupt(RemoveNode(c.follower), node_id=None),
             corrupt(TransferLeadership(c.other), target_id=True),
+            corrupt(PeerDisconnected(c.other), node_id=2.5),
+            # An id outside the view, or the node's own: refused by the election and counted.
+            PeerDisconnected("stranger"),
+            PeerDisconnected(c.follower),
         ],
     ),
     "leader-corrupted-control": Case(
@@ -126,6 +131,7 @@ CASES = {
         lambda c: [
             corrupt(TransferLeadership(c.follower), target_id=[c.follower]),
             corrupt(RemoveNode(c.leader), node_id=b"x"),
+            PeerDisconnected("stranger"),
         ],
     ),
     "leader-ack-for-a-round-never-sent": Case(

@@ -442,13 +442,23 @@ async def test_work_that_raises_with_resign_on_error_moves_leadership(
     assert_never_two_at_once(journal, exact_time=anyio_backend_name == "trio")
 
 
-async def checking_after_a_long_step(lease: Lease) -> None:
-    """The README's pattern: a step that cancellation cannot reach, then ``lease.check()`` before the side effect."""
-    with anyio.CancelScope(shield=True):  # stands for a computation that never awaits
-        while lease.valid():  # noqa: ASYNC110 - no event announces a lease running out by time
-            await anyio.sleep(HEARTBEAT / 5)
-    lease.check()  # raises LeaseLost before the cancellation is delivered at the next await
-    raise AssertionError("the lease was valid again")
+def checking_after_a_long_step(teardown: anyio.Event) -> Callable[[Lease], Awaitable[None]]:
+    """The README's pattern: a step that cancellation cannot reach, then ``lease.check()`` before the side effect.
+
+    The step ends when the test tears down too: a node elected meanwhile
+    would otherwise hold its lease, and the step, for ever.
+    """
+
+    async def work(lease: Lease) -> None:
+        with anyio.CancelScope(shield=True):  # stands for a computation that never awaits
+            while lease.valid() and not teardown.is_set():  # noqa: ASYNC110 - no event announces a lease running out by time
+                await anyio.sleep(HEARTBEAT / 5)
+        if teardown.is_set():
+            return
+        lease.check()  # raises LeaseLost before the cancellation is delivered at the next await
+        raise AssertionError("the lease was valid again")
+
+    return work
 
 
 async def test_lease_lost_from_check_is_the_normal_end_of_a_lease(
@@ -457,9 +467,10 @@ async def test_lease_lost_from_check_is_the_normal_end_of_a_lease(
     """``LeaseLost`` from ``lease.check()``: one INFO line, no traceback, no resignation (even with resign_on_error)."""
     caplog.set_level(logging.INFO, logger="almost_raft")
     journal = Journal()
+    teardown = anyio.Event()
     async with make_cluster(seed=5) as cluster, anyio.create_task_group() as tg:
         for node_id in cluster.ids:
-            attach(tg, cluster, journal, node_id, checking_after_a_long_step, resign_on_error=True)
+            attach(tg, cluster, journal, node_id, checking_after_a_long_step(teardown), resign_on_error=True)
         with anyio.fail_after(5):
             leader = await cluster.wait_for_leader()
             await journal.wait_for("start", leader.leader_id, leader.term)
@@ -470,6 +481,7 @@ async def test_lease_lost_from_check_is_the_normal_end_of_a_lease(
             stopped = await journal.wait_for("stop", leader.leader_id, leader.term)
             await anyio.wait_all_tasks_blocked()
         transfers = state.status().transfers_started
+        teardown.set()
         tg.cancel_scope.cancel()
     assert stopped.how == "raised"  # LeaseLost went through the work's own frame
     assert transfers == 0, "LeaseLost made the node resign"

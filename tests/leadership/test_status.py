@@ -210,10 +210,12 @@ async def test_a_full_peer_queue_drops_and_counts_by_kind(anyio_backend_name: st
         node_id, peer = (n for n in cluster.ids if n != leader.leader_id)
         state = cluster.states[node_id]
         before = state.status()
-        # 200 pre-vote requests at once: each refusal goes to `peer`, whose
-        # sender needs a latency per message, so its queue (64) overflows.
+        # 200 vote requests at once (refused at once: the node heard its
+        # leader less than T ago; a pre-vote would be held instead): each
+        # refusal goes to `peer`, whose sender needs a latency per message,
+        # so its queue (64) overflows.
         for _ in range(200):
-            cluster.controls[node_id].send_nowait(RequestVote(state.term + 1, peer, pre_vote=True))
+            cluster.controls[node_id].send_nowait(RequestVote(state.term + 1, peer))
         await anyio.wait_all_tasks_blocked()
         after = state.status()
         assert after.leader_id == leader.leader_id

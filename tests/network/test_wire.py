@@ -34,6 +34,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(RequestVote, st.integers(1, 2**63 - 1), node_ids, st.booleans(), st.booleans()),
     st.builds(VoteResponse, terms, node_ids, st.booleans(), st.booleans()),
     st.builds(Heartbeat, terms, node_ids, terms),
+    st.builds(Heartbeat, terms, st.just("leader"), terms, node_ids.filter(lambda v: v != "leader")),
     st.builds(HeartbeatResponse, terms, node_ids, st.booleans(), terms),
     st.builds(TimeoutNow, terms, node_ids),
 )
@@ -50,6 +51,14 @@ def test_documented_layout() -> None:
     assert frame == b"AR\x01\x00" + struct.pack("!I", len(body)) + body
 
 
+def test_a_heartbeat_names_its_successor_only_when_there_is_one() -> None:
+    """The optional field: absent when the leader names none, so an earlier decoder reads those unchanged."""
+    assert b"successor" not in encode_message(Heartbeat(7, "a", 12))
+    frame = encode_message(Heartbeat(7, "a", 12, successor=3))
+    assert frame[HEADER_SIZE:] == b'{"kind":"heartbeat","term":7,"leader_id":"a","seq":12,"successor":3}'
+    assert decode_frame(frame) == Heartbeat(7, "a", 12, 3)
+
+
 @pytest.mark.parametrize(
     ("message", "body"),
     [
@@ -63,12 +72,16 @@ def test_documented_layout() -> None:
         ),
         (Heartbeat(4, "a", 1), {"kind": "heartbeat", "term": 4, "leader_id": "a", "seq": 1}),
         (
+            Heartbeat(4, "a", 1, successor="c"),
+            {"kind": "heartbeat", "term": 4, "leader_id": "a", "seq": 1, "successor": "c"},
+        ),
+        (
             HeartbeatResponse(4, "c", False, 9),
             {"kind": "heartbeat_response", "term": 4, "follower_id": "c", "success": False, "seq": 9},
         ),
         (TimeoutNow(5, "a"), {"kind": "timeout_now", "term": 5, "leader_id": "a"}),
     ],
-    ids=["request_vote", "vote_response", "heartbeat", "heartbeat_response", "timeout_now"],
+    ids=["request_vote", "vote_response", "heartbeat", "heartbeat-successor", "heartbeat_response", "timeout_now"],
 )
 def test_each_kind_has_the_documented_body(message: Message, body: dict[str, object]) -> None:
     frame = encode_message(message)
@@ -128,6 +141,13 @@ BAD_BODIES = {
     "long-id": b'{"kind":"timeout_now","term":1,"leader_id":"' + b"x" * 256 + b'"}',
     "int-flag": b'{"kind":"heartbeat_response","term":1,"follower_id":"a","success":1,"seq":0}',
     "pre-vote-term-0": b'{"kind":"request_vote","term":0,"candidate_id":"a","pre_vote":true,"transfer":false}',
+    # The heartbeat's one optional field: absent means none, never null; an id, never the leader.
+    "null-successor": b'{"kind":"heartbeat","term":1,"leader_id":"a","seq":1,"successor":null}',
+    "bool-successor": b'{"kind":"heartbeat","term":1,"leader_id":"a","seq":1,"successor":true}',
+    "empty-successor": b'{"kind":"heartbeat","term":1,"leader_id":"a","seq":1,"successor":""}',
+    "leader-successor": b'{"kind":"heartbeat","term":1,"leader_id":"a","seq":1,"successor":"a"}',
+    "successor-elsewhere": b'{"kind":"timeout_now","term":1,"leader_id":"a","successor":"b"}',
+    "successor-no-seq": b'{"kind":"heartbeat","term":1,"leader_id":"a","successor":"b"}',
 }
 
 
