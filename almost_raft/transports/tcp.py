@@ -18,7 +18,9 @@ waits a capped exponential backoff with jitter before the next attempt.  A
 message that arrives from a peer cuts that peer's backoff short: the peer is
 evidently back.  A watcher reads each outgoing connection, on which nothing is
 ever sent back, so a peer that closed or crashed is noticed at once, before
-the next message is written into a dead connection and lost.  Connection
+the next message is written into a dead connection and lost; the election
+hears of it too, as ``PeerDisconnected(peer_id)`` in ``control``, so the
+successor a dead leader named stands one round trip sooner.  Connection
 trouble is logged once per change of state, not once per retry.
 
 With TLS, both sides present certificates signed by a common CA.  The
@@ -98,6 +100,7 @@ from .._messages import (
     HeartbeatResponse,
     Message,
     NodeId,
+    PeerDisconnected,
     RequestVote,
     TimeoutNow,
     VoteResponse,
@@ -138,7 +141,10 @@ class TcpStats:
         frames_rejected: malformed frames (``WireError``) received.
         identity_mismatches: valid messages dropped because their claimed
             sender is not named by the connection's TLS certificate.
-        control_overflows: valid messages dropped because ``control`` was full.
+        control_overflows: valid messages dropped because ``control`` was full
+            (and ``PeerDisconnected`` notices that found it full).
+        disconnect_notices: ``PeerDisconnected`` notices put into ``control``: an
+            outgoing connection closed or reset by the peer's side.
         connects: outgoing connections established.
         connect_failures: outgoing connection attempts that failed.
         disconnects: outgoing connections lost (closed by the peer, or a send failed,
@@ -161,6 +167,7 @@ class TcpStats:
     frames_rejected: int = 0
     identity_mismatches: int = 0
     control_overflows: int = 0
+    disconnect_notices: int = 0
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
@@ -556,7 +563,8 @@ class TcpNode:
             return  # given up by this side
         finally:
             conn.abort()  # this task waited on the socket: it closes it
-        self._drop(conn, why or conn.error or "closed by the peer")
+        # A FIN or a reset from the peer's kernel: its process has most likely ended.
+        self._drop(conn, why or conn.error or "closed by the peer", peer_gone=not why)
 
     def _forget(self, conn: Connection, why: str, *, quiet: bool = False) -> bool:
         """Stop using *conn* (if it is the current one); the caller aborts it.
@@ -581,11 +589,19 @@ class TcpNode:
             )
         return True
 
-    def _drop(self, conn: Connection, why: str) -> None:
+    def _drop(self, conn: Connection, why: str, *, peer_gone: bool = True) -> None:
+        """Stop using *conn*, broken or closed by the peer; the next message reconnects at once.
+
+        *peer_gone*: the peer's kernel closed or reset the connection, which
+        is reported once (``PeerDisconnected``) to the election: if the peer
+        was the leader and named this node its successor, it stands one round
+        trip sooner.  Backoff applies only to failed connection attempts.
+        """
         if not self._forget(conn, why):
             return
-        # The next message reconnects at once; backoff applies only to failed attempts.
         conn.abort()
+        if peer_gone:
+            self._transport._report_disconnected(self._node_id)
         if self._queue:
             self._wake()
 
@@ -770,6 +786,7 @@ class TcpTransport:
         self._tg: TaskGroup | None = None
         self._closed = False
         self._flushed = False  # the flush on exit is over: a cancelled writer does not try again
+        self._control: MemoryObjectSendStream[ControlMessage | Message] | None = None
         self._last_message: Message | None = None
         self._last_frame = b""
         self._listener = Listener(self, ConnectionTable(max_connections, per_address, self.silence_timeout))
@@ -811,6 +828,21 @@ class TcpTransport:
             # as itself, not wrapped in an exception group.
             raise_single(error)
             raise
+
+    def _report_disconnected(self, peer_id: NodeId) -> None:
+        """Tell the election (``control``, given to ``listen``) that *peer_id*'s side closed its connection."""
+        control = self._control
+        if control is None or self._closed:
+            return
+        try:
+            control.send_nowait(PeerDisconnected(peer_id))
+        except anyio.WouldBlock:
+            self._stats.control_overflows += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        else:
+            self._stats.disconnect_notices += 1
+        logger.debug("node %r: told the election that peer %r closed its connection", self.self_id, peer_id)
 
     def _encode(self, message: Message) -> bytes:
         """The frame of *message*; the last one is kept, for the copies of one message a leader sends every peer."""
@@ -866,7 +898,9 @@ class TcpTransport:
         """Listen on *host*:*port* and feed every valid message into *control*.
 
         The listener runs until the transport closes.  *control* is not closed
-        by the transport.
+        by the transport.  It also gets ``PeerDisconnected(peer_id)`` when an
+        outgoing connection to a peer is closed or reset from the peer's side
+        (its process exited), once per connection.
 
         Returns:
             The port listened on (useful with port 0).
@@ -878,6 +912,7 @@ class TcpTransport:
             raise RuntimeError("the TcpTransport is closed")
         tg = self._task_group()
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        self._control = control
         bound = listener.extra(SocketAttribute.local_port)
         for sub in listener.listeners:
             assert isinstance(sub, SocketListener)

@@ -23,7 +23,7 @@ from almost_raft import (
     TimeoutNow,
     raft_election,
 )
-from almost_raft.transports import TcpTransport, make_tls_contexts
+from almost_raft.transports import PeerDisconnected, TcpTransport, make_tls_contexts
 from almost_raft.transports._wire import FrameReader
 
 from ._procs import free_ports
@@ -275,3 +275,32 @@ def test_transport_rejects_bad_settings() -> None:
         TcpTransport("a", backoff_initial=2.0, backoff_max=1.0)
     with pytest.raises(TypeError):
         TcpTransport(True)
+
+
+async def test_a_peer_closing_its_side_is_reported_once_as_peer_disconnected() -> None:
+    """FIN from the peer's side: one ``PeerDisconnected`` in ``control``; a connection given up by this side: none."""
+    (port, own) = free_ports(2)
+    send, receive = anyio.create_memory_object_stream[ControlMessage | Message](16)
+    with socket.create_server(("127.0.0.1", port)) as server, send, receive:
+        async with TcpTransport("a") as transport:
+            await transport.listen("127.0.0.1", own, send)
+            node = transport.node("b", "127.0.0.1", port)
+            node.send_message_nowait(HeartbeatResponse(1, "a", True, 1))
+            await wait_until(lambda: node.connected)
+            peer, _ = server.accept()
+            peer.close()  # the peer's process exits: its kernel sends FIN
+            with anyio.fail_after(5):
+                notice = await receive.receive()
+            assert notice == PeerDisconnected("b")
+            assert not node.connected
+            assert transport.stats().disconnect_notices == 1
+
+            # Reconnect, then the transport closes: its own closing is no notice.
+            node.send_message_nowait(HeartbeatResponse(1, "a", True, 2))
+            await wait_until(lambda: node.connected)
+            second, _ = server.accept()
+        with second:
+            pass
+        assert transport.stats().disconnect_notices == 1
+        with pytest.raises(anyio.WouldBlock):
+            receive.receive_nowait()
