@@ -8,16 +8,38 @@ can always be judged against how busy the machine was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def code_of(rev: str | None) -> Iterator[Path]:
+    """A directory whose ``almost_raft`` is that of commit *rev* (``None``: this tree).
+
+    Run ``python -m almost_raft`` with it as the working directory: ``-m``
+    imports from the working directory first.
+    """
+    if rev is None:
+        yield ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="almost-raft-before-") as directory:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "almost_raft"], check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
+        yield Path(directory)
 
 
 def load_average() -> float:

@@ -99,6 +99,7 @@ class BenchNode:
             stderr=self._stderr,
             text=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            cwd=self.cluster.cwd,
         )
         self._reader = threading.Thread(target=self._read, args=(self.popen, self.incarnation), daemon=True)
         self._reader.start()
@@ -159,6 +160,7 @@ class BenchCluster:
         workdir: for the nodes' stderr logs (and storage files).
         storage: give almost_raft nodes a ``--storage`` file.
         pysyncobj_tick: PySyncObj's ``autoTickPeriod``.
+        cwd: the nodes' working directory (``python -m almost_raft`` imports from it first).
     """
 
     def __init__(
@@ -173,8 +175,10 @@ class BenchCluster:
         workdir: Path,
         storage: bool = False,
         pysyncobj_tick: float | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.impl = impl
+        self.cwd = cwd
         self.min_timeout = min_timeout
         self.max_timeout = max_timeout
         self.heartbeat = heartbeat

@@ -9,7 +9,12 @@ each event loop (asyncio, trio), it measures:
   the killed node is restarted before the next trial;
 * idle CPU per node with a stable leader (``/proc/<pid>/stat``);
 * planned handover: SIGUSR1 to the leader (``TransferLeadership``), then time
-  until all five print the new leader.
+  until all five print the new leader;
+* with ``--measure sigterm``: planned handover by a graceful stop, SIGTERM to
+  the leader (``TimeoutNow`` flushed before the process exits), until the four
+  survivors print the new leader; the stopped node is restarted before the
+  next trial, and the nodes' counters tell whether any election was started
+  by a timeout instead.
 
 ``--peer pysyncobj`` runs the same failover and idle-CPU experiment against
 PySyncObj (``pip install -e '.[bench]'``) with the same timeouts, and the
@@ -18,6 +23,8 @@ table shows the ratios.  Results go to ``benchmarks/results/failover_tcp.json``.
     python benchmarks/failover_tcp.py                      # 100 trials each
     python benchmarks/failover_tcp.py --quick              # a smoke run
     python benchmarks/failover_tcp.py --peer pysyncobj --trials 50
+    python benchmarks/failover_tcp.py --measure sigterm --trials 50   # planned handover by SIGTERM
+    python benchmarks/failover_tcp.py --measure sigterm --before REV  # ... and the nodes of commit REV
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import platform
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tcp_common import BenchCluster, cpu_seconds, summarize
+from _perf_common import code_of
+from _tcp_common import BenchCluster, BenchNode, Record, cpu_seconds, summarize
 
 TIMINGS = {
     "150-300ms": (0.150, 0.300, 0.075),
@@ -102,6 +111,92 @@ def measure_handover(cluster: BenchCluster, trials: int, rng: random.Random) -> 
     return {"ms": summarize([t * 1000 for t in times]), "failures": failures, "unsettled_retries": unsettled}
 
 
+def _stopped_record(node: BenchNode) -> Record | None:
+    """The ``stopped`` line of *node*'s current incarnation."""
+    for record in reversed(node.records):
+        if record.get("event") == "stopped" and record["_inc"] == node.incarnation:
+            return record
+    return None
+
+
+def _stop_gracefully(cluster: BenchCluster, node_id: str) -> Record | None:
+    node = cluster.nodes[node_id]
+    node.signal(signal.SIGTERM)
+    assert node.popen is not None
+    try:
+        node.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        return None
+    cluster.wait_for(lambda: _stopped_record(node), 5)
+    return _stopped_record(node)
+
+
+def measure_sigterm_handover(cluster: BenchCluster, trials: int, rng: random.Random) -> dict[str, Any]:
+    """SIGTERM the leader (a graceful stop: it hands over with ``TimeoutNow``); restart it; repeat.
+
+    Latency: from the signal until every survivor printed the new leader.  A
+    trial counts as "by TimeoutNow" when the new term is the old one plus one;
+    afterwards every node is stopped gracefully and the ``stopped`` lines'
+    counters tell how many elections no ``TimeoutNow`` asked for (a node that
+    waited out its election timeout), over every incarnation begun after the
+    first election (the followers are restarted once before the trials).
+    """
+    agreed = cluster.wait_agreed(timeout=15)
+    if agreed is None:
+        return {"error": "no stable leader"}
+    term, leader = agreed
+    for node_id in cluster.ids:  # fresh counters: the first election was won by a timeout
+        if node_id != leader:
+            _stop_gracefully(cluster, node_id)
+            cluster.start(node_id)
+            cluster.wait_agreed(timeout=15)
+    first = (leader, cluster.nodes[leader].incarnation)
+    times: list[float] = []
+    term_jumps = 0
+    failures = 0
+    stopped: list[Record] = []
+    for _ in range(trials):
+        agreed = cluster.wait_agreed(timeout=15)
+        if agreed is None:
+            failures += 1
+            break
+        term, leader = agreed
+        _settle(cluster, rng)
+        survivors = [i for i in cluster.ids if i != leader]
+        start = time.monotonic()
+        cluster.nodes[leader].signal(signal.SIGTERM)
+        new = cluster.wait_agreed(survivors, timeout=10, not_leader=leader, min_term=term + 1)
+        ends = [] if new is None else [cluster.nodes[i].first_time(*new, since=start) for i in survivors]
+        record = _stop_gracefully(cluster, leader)
+        if record is not None:
+            stopped.append(record)
+        if new is None or None in ends:
+            failures += 1
+        else:
+            times.append(max(e for e in ends if e is not None) - start)
+            if new[0] != term + 1:
+                term_jumps += 1
+        cluster.start(leader)
+    agreed = cluster.wait_agreed(timeout=15)
+    last_leader = agreed[1] if agreed is not None else cluster.ids[0]
+    for node_id in [*(i for i in cluster.ids if i != last_leader), last_leader]:
+        record = _stop_gracefully(cluster, node_id)
+        if record is not None:
+            stopped.append(record)
+    by_timeout = sum(
+        int(r["status"]["elections_started"]) - int(r["status"]["received_by_kind"].get("TimeoutNow", 0))
+        for r in stopped
+        if (r["node"], r["_inc"]) != first
+    )
+    return {
+        "ms": summarize([t * 1000 for t in times]),
+        "failures": failures,
+        "term_jumps": term_jumps,
+        "elections_by_timeout": by_timeout,
+        "incarnations_checked": len(stopped) - sum((r["node"], r["_inc"]) == first for r in stopped),
+    }
+
+
 def measure_failover(cluster: BenchCluster, trials: int, rng: random.Random) -> dict[str, Any]:
     times: list[float] = []
     failures = 0
@@ -141,9 +236,25 @@ def measure_failover(cluster: BenchCluster, trials: int, rng: random.Random) -> 
     }
 
 
-def run_one(impl: str, backend: str, timing: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    low, high, heartbeat = TIMINGS[timing]
+def run_one(
+    impl: str, backend: str, timing: str, args: argparse.Namespace, workdir: Path, before: str | None = None
+) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    with code_of(before) as code:
+        return _run_cluster(impl, backend, timing, args, workdir, before, rng, code)
+
+
+def _run_cluster(
+    impl: str,
+    backend: str,
+    timing: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    before: str | None,
+    rng: random.Random,
+    code: Path,
+) -> dict[str, Any]:
+    low, high, heartbeat = TIMINGS[timing]
     cluster = BenchCluster(
         impl,
         5,
@@ -153,23 +264,38 @@ def run_one(impl: str, backend: str, timing: str, args: argparse.Namespace, work
         backend=backend,
         workdir=workdir,
         storage=args.storage,
+        cwd=code,
     )
     label = f"{impl}/{backend}/{timing}" if impl == "almost_raft" else f"{impl}/{timing}"
-    print(f"-- {label}: starting 5 nodes", file=sys.stderr, flush=True)
+    if before is not None:
+        label += f" (before: {before})"
+    print(f"-- {label}: starting 5 nodes, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
     cluster.start()
     try:
-        result: dict[str, Any] = {"impl": impl, "backend": backend, "timing": timing}
-        result["idle_cpu"] = measure_idle_cpu(cluster, args.idle_seconds)
-        if impl == "almost_raft":
+        result: dict[str, Any] = {"impl": impl, "backend": backend, "timing": timing, "before": before}
+        result["load_average_1m"] = os.getloadavg()[0]
+        if "idle" in args.measure:
+            result["idle_cpu"] = measure_idle_cpu(cluster, args.idle_seconds)
+        if impl == "almost_raft" and "handover" in args.measure:
             result["handover"] = measure_handover(cluster, args.handover_trials, rng)
-        result["failover"] = measure_failover(cluster, args.trials, rng)
-        fo = result["failover"]["ms"]
-        print(
-            f"   failover median {fo.get('median', float('nan')):.1f} ms, max {fo.get('max', float('nan')):.1f} ms, "
-            f"failures {result['failover']['failures']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        if impl == "almost_raft" and "sigterm" in args.measure:
+            result["sigterm"] = measure_sigterm_handover(cluster, args.handover_trials, rng)
+            st = result["sigterm"]
+            print(
+                f"   SIGTERM handover {st.get('ms')}, term jumps {st.get('term_jumps')}, "
+                f"elections by timeout {st.get('elections_by_timeout')}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if "failover" in args.measure:
+            result["failover"] = measure_failover(cluster, args.trials, rng)
+            fo = result["failover"]["ms"]
+            print(
+                f"   failover median {fo.get('median', float('nan')):.1f} ms, max {fo.get('max', float('nan')):.1f} ms,"
+                f" failures {result['failover']['failures']}",
+                file=sys.stderr,
+                flush=True,
+            )
         return result
     finally:
         cluster.close()
@@ -188,23 +314,39 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        fo = r["failover"]["ms"]
-        cpu = r["idle_cpu"]
+        fo = r.get("failover", {"ms": {}, "failures": "-"})["ms"]
+        cpu = r.get("idle_cpu", {})
         hand = r.get("handover", {}).get("ms", {})
         print(
             f"{r['impl']:<12}{(r['backend'] if r['impl'] == 'almost_raft' else '-'):<8}{r['timing']:<11}"
             f"{_fmt(fo.get('min')):>7}{_fmt(fo.get('median')):>8}{_fmt(fo.get('p90')):>7}{_fmt(fo.get('p99')):>7}"
-            f"{_fmt(fo.get('max')):>7}{_fmt(fo.get('mean')):>7}{r['failover']['failures']:>5}"
+            f"{_fmt(fo.get('max')):>7}{_fmt(fo.get('mean')):>7}{r.get('failover', {}).get('failures', '-'):>5}"
             f"{_fmt(cpu.get('mean_percent')):>7}{_fmt(cpu.get('leader_percent')):>7}"
             f"{_fmt(hand.get('median')):>9}{_fmt(hand.get('p99')):>9}"
         )
-    peers = {r["timing"]: r for r in results if r["impl"] == "pysyncobj"}
+    sigterm = [r for r in results if "sigterm" in r]
+    if sigterm:
+        print("\nplanned handover after SIGTERM of the leader (graceful stop: TimeoutNow), ms")
+        print(
+            f"{'loop':<26}{'timing':<11}{'n':>4}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>7}{'fail':>5}{'jumps':>6}{'by T':>5}"
+        )
+        for r in sigterm:
+            st = r["sigterm"]
+            ms = st.get("ms", {})
+            loop = r["backend"] if not r.get("before") else f"{r['backend']} (before {r['before']})"
+            print(
+                f"{loop:<26}{r['timing']:<11}{ms.get('n', 0):>4}{_fmt(ms.get('median')):>7}"
+                f"{_fmt(ms.get('p90')):>7}{_fmt(ms.get('p99')):>7}{_fmt(ms.get('max')):>7}{st.get('failures', '-'):>5}"
+                f"{st.get('term_jumps', '-'):>6}{st.get('elections_by_timeout', '-'):>5}"
+            )
+        print("(jumps: trials whose new term was not the old one plus one; by T: elections no TimeoutNow asked for)")
+    peers = {r["timing"]: r for r in results if r["impl"] == "pysyncobj" and "failover" in r}
     if peers:
         print("\nratios almost_raft / pysyncobj (below 1: almost_raft is faster or leaner)")
         print(f"{'loop':<8}{'timing':<11}{'median':>8}{'p99':>7}{'max':>7}{'mean':>7}{'cpu':>7}")
         for r in results:
             peer = peers.get(r["timing"])
-            if r["impl"] != "almost_raft" or peer is None:
+            if r["impl"] != "almost_raft" or peer is None or "failover" not in r:
                 continue
             ours, theirs = r["failover"]["ms"], peer["failover"]["ms"]
             ratio = {
@@ -230,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="window of the idle CPU measurement")
     parser.add_argument("--storage", action="store_true", help="almost_raft nodes keep term and vote in a file")
     parser.add_argument("--seed", type=int, default=1, help="seeds the kill times")
+    parser.add_argument("--before", metavar="REV", help="also run the almost_raft nodes of this commit (same sitting)")
+    parser.add_argument(
+        "--measure",
+        default="idle,handover,failover",
+        help="comma-separated, of idle, handover (SIGUSR1), sigterm (graceful stop of the leader), failover (SIGKILL)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "failover_tcp.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -239,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             args.backends = "asyncio"
     if args.handover_trials is None:
         args.handover_trials = args.trials
+    args.measure = {m for m in args.measure.split(",") if m}
+    if not args.measure <= {"idle", "handover", "sigterm", "failover"}:
+        parser.error(f"unknown --measure {sorted(args.measure)}")
     timings = [t for t in args.timings.split(",") if t]
     backends = [b for b in args.backends.split(",") if b]
     for timing in timings:
@@ -255,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         for timing in timings:
             for backend in backends:
+                if args.before:
+                    results.append(run_one("almost_raft", backend, timing, args, workdir, args.before))
                 results.append(run_one("almost_raft", backend, timing, args, workdir))
             if args.peer == "pysyncobj":
                 results.append(run_one("pysyncobj", "threads", timing, args, workdir))

@@ -1,4 +1,4 @@
-"""Idle cost: CPU per node with a stable leader at the default timing (T = 150 ms, h = 50 ms).
+"""Idle cost: CPU per node with a stable leader, at T = 150 ms and at T = 12 ms (h = T/3, the default).
 
 Leader election runs in the background of someone else's service; once a
 leader is elected, all that is left is heartbeats.  This benchmark measures
@@ -12,12 +12,19 @@ what that costs, for clusters of 3 and 5 nodes:
   process's CPU / nodes.
 * ``pysyncobj``: PySyncObj (if installed), one process per node, a
   ``SyncObj`` with no replicated state, once at its own default timing
-  (election timeout 0.4-1.4 s, heartbeat 0.1 s) and once at ours.
-* ``idle python``: a Python process running an event loop that only sleeps:
-  the floor under every figure.
+  (election timeout 0.4-1.4 s, heartbeat 0.1 s) and once at ours: election
+  timeout T-2T, heartbeat just under T/3 (it requires T > 3h), and its tick
+  (``autoTickPeriod``, 50 ms by default) scaled with T like the rest (T/3).
+* ``floor``: what any asyncio process pays for the same traffic, with no
+  election and no decoding: one process writes 60 bytes to each of the others
+  every h, and they echo them back from a protocol callback.  It is the
+  least a node of one process per node can cost at that rate on this
+  machine: the wake-ups themselves.
+* ``idle python``: a Python process running an event loop that only sleeps.
 
-    python benchmarks/idle_cpu.py                 # 30 s per measurement
+    python benchmarks/idle_cpu.py                 # 30 s per measurement, both timings
     python benchmarks/idle_cpu.py --quick         # 3 nodes, asyncio, 2 s per measurement
+    python benchmarks/idle_cpu.py --before REV    # also the TCP nodes of commit REV, same sitting
 """
 
 from __future__ import annotations
@@ -35,13 +42,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-from _perf_common import load_average, machine, process_cpu, table, write_json
+from _perf_common import code_of, load_average, machine, process_cpu, table, write_json
 
 from almost_raft import RaftElectionState, Role, raft_election
 from almost_raft.transports.memory import MemoryNetwork
 
-T = 0.150
-H = 0.050
+TIMINGS = {"150-300ms": 0.150, "12-24ms": 0.012}
+"""T of each timing; the heartbeat is T/3 (the default), the timeouts T-2T."""
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -88,7 +95,7 @@ def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
 # ------------------------------------------------------------------ almost_raft over TCP
 
 
-def tcp_cluster(n: int, seconds: float, backend: str) -> dict[str, object]:
+def tcp_cluster(n: int, seconds: float, backend: str, t: float, code: Path = ROOT) -> dict[str, object]:
     ids = [f"n{i + 1}" for i in range(n)]
     ports = dict(zip(ids, _free_ports(n), strict=True))
     procs: list[subprocess.Popen[str]] = []
@@ -102,9 +109,9 @@ def tcp_cluster(n: int, seconds: float, backend: str) -> dict[str, object]:
             "--listen",
             f"127.0.0.1:{ports[node_id]}",
             "--election-timeout",
-            str(T),
+            str(t),
             "--heartbeat-interval",
-            str(H),
+            str(t / 3),
             "--backend",
             backend,
             "--json",
@@ -114,7 +121,7 @@ def tcp_cluster(n: int, seconds: float, backend: str) -> dict[str, object]:
         for peer in ids:
             if peer != node_id:
                 command += ["--peer", f"{peer}=127.0.0.1:{ports[peer]}"]
-        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT))
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=code))
     try:
         leader = _wait_tcp_leader(procs, ids)
         time.sleep(1.0)  # past the start-up
@@ -122,7 +129,7 @@ def tcp_cluster(n: int, seconds: float, backend: str) -> dict[str, object]:
     finally:
         _stop(procs)
     if leader is None:
-        return {"error": "no leader elected within 20 s"}
+        return {"error": "no leader elected within 40 s"}
     lead = shares[ids.index(leader)]
     followers = [s for i, s in enumerate(shares) if ids[i] != leader]
     return {
@@ -144,7 +151,7 @@ def _wait_tcp_leader(procs: Sequence[subprocess.Popen[str]], ids: Sequence[str])
         os.set_blocking(p.stdout.fileno(), False)
         sel.register(p.stdout, selectors.EVENT_READ, i)
     buffers = ["" for _ in procs]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     try:
         while time.monotonic() < deadline:
             for key, _ in sel.select(0.1):
@@ -173,7 +180,7 @@ def _wait_tcp_leader(procs: Sequence[subprocess.Popen[str]], ids: Sequence[str])
 # --------------------------------------------------------------- almost_raft in memory
 
 
-async def _memory(n: int, seconds: float) -> dict[str, object]:
+async def _memory(n: int, seconds: float, t: float) -> dict[str, object]:
     network = MemoryNetwork()
     ids = [f"m{i + 1}" for i in range(n)]
     states = []
@@ -182,8 +189,8 @@ async def _memory(n: int, seconds: float) -> dict[str, object]:
         peers = [network.node(p, sender_id=node_id) for p in ids if p != node_id]
         state, control = RaftElectionState.init(
             node_id,
-            election_timeout=T,
-            heartbeat_interval=H,
+            election_timeout=t,
+            heartbeat_interval=t / 3,
             nodes=peers,
             min_nodes=n,
             rng=random.Random(node_id),
@@ -210,14 +217,15 @@ async def _memory(n: int, seconds: float) -> dict[str, object]:
     return {"per_node": share / n, "process": share}
 
 
-def memory_cluster(n: int, seconds: float, backend: str) -> dict[str, object]:
+def memory_cluster(n: int, seconds: float, backend: str, t: float) -> dict[str, object]:
     """Run the in-memory cluster in a fresh process, so that nothing else adds to its CPU."""
     code = (
         "import sys, json, anyio; sys.path.insert(0, sys.argv[1]); import idle_cpu; "
-        "print(json.dumps(anyio.run(idle_cpu._memory, int(sys.argv[2]), float(sys.argv[3]), backend=sys.argv[4])))"
+        "print(json.dumps(anyio.run(idle_cpu._memory, int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[5]), "
+        "backend=sys.argv[4])))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(n), str(seconds), backend],
+        [sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(n), str(seconds), backend, str(t)],
         capture_output=True,
         text=True,
         check=False,
@@ -238,9 +246,12 @@ import sys, time
 from pysyncobj import SyncObj, SyncObjConf
 me, others, timing = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 conf = SyncObjConf()
-if timing == "ours":
-    # PySyncObj insists on raftMinTimeout > 3 x appendEntriesPeriod: 49 ms, not 50.
-    conf.raftMinTimeout, conf.raftMaxTimeout, conf.appendEntriesPeriod = 0.150, 0.300, 0.049
+if timing != "own":
+    # Our timing: T-2T, and PySyncObj insists on raftMinTimeout > 3 x appendEntriesPeriod
+    # (49 ms, not 50, at T = 150 ms); its tick, 50 ms by default, scales with T.
+    t = float(timing)
+    conf.raftMinTimeout, conf.raftMaxTimeout, conf.appendEntriesPeriod = t, 2 * t, t / 3 * 0.98
+    conf.autoTickPeriod = t / 3
 obj = SyncObj(me, others, conf=conf)
 told = None
 while True:
@@ -274,7 +285,7 @@ def pysyncobj_cluster(n: int, seconds: float, timing: str) -> dict[str, object]:
     finally:
         _stop(procs)
     if leader is None:
-        return {"error": "no leader elected within 20 s"}
+        return {"error": "no leader elected within 40 s"}
     index = addresses.index(leader) if leader in addresses else -1
     followers = [s for i, s in enumerate(shares) if i != index]
     return {
@@ -292,7 +303,7 @@ def _wait_pysyncobj_leader(procs: Sequence[subprocess.Popen[str]]) -> str | None
     for i, p in enumerate(procs):
         assert p.stdout is not None
         sel.register(p.stdout, selectors.EVENT_READ, i)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     try:
         while time.monotonic() < deadline:
             for key, _ in sel.select(0.1):
@@ -305,6 +316,54 @@ def _wait_pysyncobj_leader(procs: Sequence[subprocess.Popen[str]]) -> str | None
     finally:
         sel.close()
     return None
+
+
+_ECHO = """
+import asyncio, sys
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+class Sink(asyncio.Protocol):
+    def data_received(self, data):
+        pass
+async def main():
+    loop = asyncio.get_running_loop()
+    if sys.argv[1] == "echo":
+        await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
+        await asyncio.Event().wait()
+    interval, ports = float(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+    transports = [(await loop.create_connection(Sink, "127.0.0.1", p))[0] for p in ports]
+    frame = b"x" * 60
+    while True:
+        for transport in transports:
+            transport.write(frame)
+        await asyncio.sleep(interval)
+asyncio.run(main())
+"""
+
+
+def echo_floor(n: int, seconds: float, t: float) -> dict[str, object]:
+    """The least an asyncio process pays at this rate: no election, no decoding, only the wake-ups.
+
+    One process writes 60 bytes to each of *n* - 1 others every h = T/3 (an
+    ``asyncio.sleep`` loop); each of those echoes them back from a protocol
+    callback.  Same sockets, same rate and same wake-ups as a leader and its
+    followers, nothing else.
+    """
+    ports = _free_ports(n - 1)
+    procs = [subprocess.Popen([sys.executable, "-c", _ECHO, "echo", str(p)], text=True) for p in ports]
+    try:
+        time.sleep(1.0)
+        leader = subprocess.Popen([sys.executable, "-c", _ECHO, "leader", str(t / 3), *map(str, ports)], text=True)
+        procs.insert(0, leader)
+        time.sleep(1.0)
+        shares = _measure(procs, seconds)
+    finally:
+        _stop(procs)
+    followers = shares[1:]
+    return {"per_node": sum(shares) / n, "leader": shares[0], "follower": sum(followers) / len(followers)}
 
 
 def idle_python(seconds: float) -> dict[str, object]:
@@ -327,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     parser.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
+    parser.add_argument("--timings", nargs="+", default=list(TIMINGS), choices=list(TIMINGS))
+    parser.add_argument("--before", metavar="REV", help="also measure the TCP nodes of this commit (same sitting)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the in-memory clusters")
     args = parser.parse_args(argv)
     seconds = 2.0 if args.quick else args.seconds
     if args.quick:
@@ -334,19 +396,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     load_before = load_average()
     results: list[dict[str, object]] = []
 
-    def add(what: str, backend: str, n: int, r: dict[str, object]) -> None:
-        r.update({"what": what, "backend": backend, "nodes": n})
+    def add(what: str, backend: str, n: int, r: dict[str, object], timing: str) -> None:
+        r.update({"what": what, "backend": backend, "nodes": n, "timing": timing})
         results.append(r)
-        print(f"{what} {backend} n={n}: {r}", file=sys.stderr, flush=True)
+        print(f"{what} {backend} {timing} n={n}: {r}", file=sys.stderr, flush=True)
 
-    for n in args.nodes:
-        for backend in args.backends:
-            add("almost_raft tcp (process per node)", backend, n, tcp_cluster(n, seconds, backend))
-            add("almost_raft memory (one process)", backend, n, memory_cluster(n, seconds, backend))
-        if not args.quick:
-            add("pysyncobj, its defaults (T 0.4-1.4 s, h 0.1 s)", "threads", n, pysyncobj_cluster(n, seconds, "own"))
-        add("pysyncobj, our timing (T 0.15-0.3 s, h 0.049 s)", "threads", n, pysyncobj_cluster(n, seconds, "ours"))
-    add("idle python (event loop asleep)", "asyncio", 1, idle_python(seconds))
+    for timing in args.timings:
+        t = TIMINGS[timing]
+        for n in args.nodes:
+            for backend in args.backends:
+                if args.before:
+                    with code_of(args.before) as code:
+                        r = tcp_cluster(n, seconds, backend, t, code)
+                    add(f"almost_raft tcp, before ({args.before})", backend, n, r, timing)
+                add("almost_raft tcp (process per node)", backend, n, tcp_cluster(n, seconds, backend, t), timing)
+                if not args.no_memory:
+                    add("almost_raft memory (one process)", backend, n, memory_cluster(n, seconds, backend, t), timing)
+            if not args.quick and timing == "150-300ms":
+                r = pysyncobj_cluster(n, seconds, "own")
+                add("pysyncobj, its defaults (T 0.4-1.4 s, h 0.1 s)", "threads", n, r, "own")
+            add("pysyncobj, our timing", "threads", n, pysyncobj_cluster(n, seconds, str(t)), timing)
+            add("floor: asyncio echo, no election (process per node)", "asyncio", n, echo_floor(n, seconds, t), timing)
+    add("idle python (event loop asleep)", "asyncio", 1, idle_python(seconds), "-")
     load_after = load_average()
 
     def pct(r: dict[str, object], key: str) -> object:
@@ -356,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     rows = [
         [
             r["what"],
+            r["timing"],
             r["backend"],
             r["nodes"],
             pct(r, "per_node") if "error" not in r else f"error: {r['error']}",
@@ -366,17 +438,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     ]
     info = machine()
     print(
-        f"idle CPU with a stable leader, T={T * 1000:.0f} ms, h={H * 1000:.0f} ms, {seconds:g} s each "
+        f"idle CPU with a stable leader, h = T/3, {seconds:g} s each "
         f"({info['cpu']}, {info['nproc']} CPUs, Python {info['python']})"
     )
     print(f"load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}")
     print()
-    print(table(["what", "backend", "nodes", "CPU % per node", "leader %", "follower %"], rows))
+    print(table(["what", "timing", "backend", "nodes", "CPU % per node", "leader %", "follower %"], rows))
+    for timing in args.timings:
+        for n in args.nodes:
+            ref = next(
+                (
+                    r
+                    for r in results
+                    if r["what"] == "pysyncobj, our timing"
+                    and r["timing"] == timing
+                    and r["nodes"] == n
+                    and isinstance(r.get("per_node"), float)
+                ),
+                None,
+            )
+            if ref is None:
+                continue
+            for r in results:
+                if r["timing"] == timing and r["nodes"] == n and "tcp" in str(r["what"]) and "per_node" in r:
+                    ratio = float(r["per_node"]) / float(ref["per_node"])  # type: ignore[arg-type]
+                    print(f"{timing} n={n} {r['what']} {r['backend']}: {ratio:.2f} x PySyncObj at our timing")
     data: dict[str, object] = {
         "quick": args.quick,
         "seconds": seconds,
-        "election_timeout": T,
-        "heartbeat_interval": H,
+        "timings": {k: TIMINGS[k] for k in args.timings},
+        "before": args.before,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "results": results,

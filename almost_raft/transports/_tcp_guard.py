@@ -25,19 +25,21 @@ a whole /64 to choose from).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
-import ssl
+import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+from anyio.abc import SocketAttribute, SocketListener
 from anyio.streams.memory import MemoryObjectSendStream
-from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .._messages import ControlMessage, Message
+from ._tcp_io import BROKEN, Connection, loop_clock
 from ._wire import FrameReader, WireError, node_id_text
 
 if TYPE_CHECKING:
@@ -46,16 +48,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("almost_raft")
 
 _IPV6_HOST_PREFIX: Final = 64
-RECEIVE_SIZE: Final = 65536
-STREAM_ERRORS: Final = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.IncompleteRead,
-    OSError,
-    ssl.SSLError,
-)
-"""What a broken or closed connection raises (on either side)."""
 
 
 def describe(exc: BaseException) -> str:
@@ -234,27 +226,28 @@ class Listener:
     ) -> None:
         """Accept connections on *listener* until cancelled, and serve each in its own task."""
         tg = self._transport._task_group()
+        raw = listener.extra(SocketAttribute.raw_socket)
+        raw.setblocking(False)
         async with listener:
             while True:
+                await anyio.wait_readable(raw)
                 try:
-                    stream = await listener.accept()
+                    sock, address = raw.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
                 except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
                     logger.warning("node %r: accept failed: %s", self._transport.self_id, describe(exc))
                     await anyio.sleep(0.1)
                     continue
-                conn = self._admit(stream)
+                conn = self._admit(address)
                 if conn is None:
-                    await anyio.aclose_forcefully(stream)
+                    sock.close()
                     continue
                 self._transport._stats.connections_accepted += 1
-                tg.start_soon(self._serve, stream, conn, control)
+                tg.start_soon(self._serve, sock, conn, control)
 
-    def _admit(self, stream: SocketStream) -> Incoming | None:
+    def _admit(self, address: object) -> Incoming | None:
         """Make room for a new connection (``ConnectionTable.admit``), or refuse it (``None``)."""
-        try:
-            address = stream.extra(SocketAttribute.remote_address)
-        except (anyio.TypedAttributeLookupError, OSError):
-            address = "?"
         host = str(address[0]) if isinstance(address, tuple) else str(address)
         remote = f"{address!r}"
         key = address_key(host)
@@ -286,40 +279,32 @@ class Listener:
         return conn
 
     async def _serve(
-        self, raw: SocketStream, conn: Incoming, control: MemoryObjectSendStream[ControlMessage | Message]
+        self, sock: socket.socket, conn: Incoming, control: MemoryObjectSendStream[ControlMessage | Message]
     ) -> None:
-        stats = self._transport._stats
-        stream: ByteStream = raw
-        remote = conn.remote
+        transport = self._transport
+        stats = transport._stats
+        with contextlib.suppress(OSError):  # the TLS handshake's last flight is not held back (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(sock, transport.server_ssl_context, server_hostname=None)
         identities: frozenset[str] | None = None
         try:
             assert conn.scope is not None
             with conn.scope:  # cancelled when evicted
-                if self._transport.server_ssl_context is not None:
+                if transport.server_ssl_context is not None:
                     try:
-                        with anyio.fail_after(self._transport.handshake_timeout):
-                            tls = await TLSStream.wrap(
-                                raw,
-                                server_side=True,
-                                ssl_context=self._transport.server_ssl_context,
-                                standard_compatible=False,
-                            )
-                    except (*STREAM_ERRORS, TimeoutError) as exc:
+                        with anyio.fail_after(transport.handshake_timeout):
+                            await connection.handshake()
+                    except (*BROKEN, TimeoutError) as exc:
                         stats.tls_handshake_failures += 1
                         self._tls_log.warning(
-                            "node %r: TLS handshake with %s failed: %s", self._transport.self_id, remote, describe(exc)
+                            "node %r: TLS handshake with %s failed: %s", transport.self_id, conn.remote, describe(exc)
                         )
                         return
-                    stream = tls
-                    identities = certificate_identities(tls.extra(TLSAttribute.peer_certificate))
-                # The deadline for the next valid frame: the first one soon, then one per idle_timeout.
-                with anyio.CancelScope(deadline=anyio.current_time() + self._transport.first_frame_timeout) as timer:
-                    await self._read_frames(stream, control, conn, identities, timer)
-                if timer.cancelled_caught:
-                    self._timed_out(conn)
+                    identities = certificate_identities(connection.peer_certificate())
+                await self._read_frames(connection, control, conn, identities)
         finally:
             self._table.remove(conn)
-            await anyio.aclose_forcefully(stream)
+            connection.abort()
 
     def _timed_out(self, conn: Incoming) -> None:
         if conn.useful:
@@ -344,80 +329,124 @@ class Listener:
 
     async def _read_frames(
         self,
-        stream: ByteStream,
+        connection: Connection,
         control: MemoryObjectSendStream[ControlMessage | Message],
         conn: Incoming,
         identities: frozenset[str] | None,
-        timer: anyio.CancelScope,
     ) -> None:
-        """Read and deliver frames until the connection ends.
+        """Read and deliver frames until the connection ends, or goes without a valid frame for too long.
 
-        Each valid frame from a known peer moves *timer*'s deadline to
-        ``idle_timeout`` ahead; ``conn.pending`` counts the bytes of an
-        unfinished frame.
+        The first valid frame from a known peer must come within
+        ``first_frame_timeout``, and then one at least every ``idle_timeout``:
+        the timer is not moved for every frame, it is checked when it fires.
         """
-        stats = self._transport._stats
-        remote = conn.remote
-        reader = FrameReader()
-        warned_mismatch = False
+        transport = self._transport
+        sink = _FrameSink(self, control, conn, identities, loop_clock())
+        deadline = anyio.current_time() + transport.first_frame_timeout
+        while True:
+            with anyio.CancelScope(deadline=deadline) as timer:
+                try:
+                    await connection.read_loop(sink.feed)
+                except anyio.ClosedResourceError:
+                    return
+            if not timer.cancelled_caught:
+                break
+            if conn.useful:
+                deadline = conn.useful_at + transport.idle_timeout
+            if anyio.current_time() >= deadline:
+                self._timed_out(conn)
+                return
+        if sink.reader.pending and not sink.failed:
+            transport._stats.frames_rejected += 1
+            self._reject_log.warning(
+                "node %r: connection from %s ended inside a frame (%d bytes)",
+                transport.self_id,
+                conn.remote,
+                sink.reader.pending,
+            )
+
+
+@final
+class _FrameSink:
+    """Decodes what one incoming connection delivers and passes each valid message on.
+
+    Its ``feed`` runs from the event loop's reader callback on asyncio (see
+    ``Connection.read_loop``), so it takes the time from *clock*, never from anyio.
+    """
+
+    __slots__ = ("_clock", "_conn", "_control", "_identities", "_listener", "_warned_mismatch", "failed", "reader")
+
+    def __init__(
+        self,
+        listener: Listener,
+        control: MemoryObjectSendStream[ControlMessage | Message],
+        conn: Incoming,
+        identities: frozenset[str] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._listener = listener
+        self._control = control
+        self._conn = conn
+        self._identities = identities
+        self._clock = clock
+        self._warned_mismatch = False
+        self.reader = FrameReader()
+        self.failed = False
+
+    def feed(self, data: bytes) -> bool:
+        """Take *data*; deliver the frames it completes.  ``False``: close the connection."""
+        listener = self._listener
+        transport = listener._transport
+        stats = transport._stats
+        conn = self._conn
+        reader = self.reader
+        reader.feed(data)
+        now = self._clock()
         while True:
             try:
-                data = await stream.receive(RECEIVE_SIZE)
-            except STREAM_ERRORS:
-                if reader.pending:
-                    stats.frames_rejected += 1
-                    self._reject_log.warning(
-                        "node %r: connection from %s ended inside a frame (%d bytes)",
-                        self._transport.self_id,
-                        remote,
-                        reader.pending,
+                item = reader.next()
+            except WireError as exc:
+                # The frame boundary is lost: this connection cannot be read further.
+                stats.frames_rejected += 1
+                self.failed = True
+                listener._reject_log.warning(
+                    "node %r: closing connection from %s: %s", transport.self_id, conn.remote, exc
+                )
+                return False
+            if item is None:
+                conn.pending = reader.pending
+                return True
+            if isinstance(item, WireError):
+                stats.frames_rejected += 1
+                listener._reject_log.warning(
+                    "node %r: dropped a frame from %s: %s", transport.self_id, conn.remote, item
+                )
+                continue
+            sender = item.sender
+            identities = self._identities
+            if identities is not None and node_id_text(sender) not in identities:
+                stats.identity_mismatches += 1
+                if not self._warned_mismatch:
+                    self._warned_mismatch = True
+                    listener._reject_log.warning(
+                        "node %r: dropping messages from %s claiming sender %r; its certificate names %s",
+                        transport.self_id,
+                        conn.remote,
+                        sender,
+                        sorted(identities) or "nobody",
                     )
-                return
-            reader.feed(data)
-            now = anyio.current_time()
-            while True:
-                try:
-                    item = reader.next()
-                except WireError as exc:
-                    # The frame boundary is lost: this connection cannot be read further.
-                    stats.frames_rejected += 1
-                    self._reject_log.warning(
-                        "node %r: closing connection from %s: %s", self._transport.self_id, remote, exc
-                    )
-                    return
-                if item is None:
-                    conn.pending = reader.pending
-                    break
-                if isinstance(item, WireError):
-                    stats.frames_rejected += 1
-                    self._reject_log.warning(
-                        "node %r: dropped a frame from %s: %s", self._transport.self_id, remote, item
-                    )
-                    continue
-                sender = item.sender
-                if identities is not None and node_id_text(sender) not in identities:
-                    stats.identity_mismatches += 1
-                    if not warned_mismatch:
-                        warned_mismatch = True
-                        self._reject_log.warning(
-                            "node %r: dropping messages from %s claiming sender %r; its certificate names %s",
-                            self._transport.self_id,
-                            remote,
-                            sender,
-                            sorted(identities) or "nobody",
-                        )
-                    continue
-                stats.frames_received += 1
-                node = self._transport._nodes.get(sender)
-                if node is not None:
-                    # Only a known peer's frame keeps a connection open and protected.
-                    conn.useful = True
-                    conn.useful_at = now
-                    timer.deadline = now + self._transport.idle_timeout
-                    node._heard(item, now)
-                try:
-                    control.send_nowait(item)
-                except anyio.WouldBlock:
-                    stats.control_overflows += 1
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
+                continue
+            stats.frames_received += 1
+            node = transport._nodes.get(sender)
+            if node is not None:
+                # Only a known peer's frame keeps a connection open and protected.
+                conn.useful = True
+                conn.useful_at = now
+                node._heard(item, now)
+            try:
+                self._control.send_nowait(item)
+            except anyio.WouldBlock:
+                stats.control_overflows += 1
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.failed = True
+                return False

@@ -1,4 +1,4 @@
-"""A TCP transport on anyio sockets, with optional (mutual) TLS.
+"""A TCP transport on non-blocking sockets (``_tcp_io``), with optional (mutual) TLS.
 
 ``TcpTransport`` owns one node's network side: a listener that decodes the
 frames of ``_wire`` and feeds the messages into ``control``, and one
@@ -6,17 +6,21 @@ frames of ``_wire`` and feeds the messages into ``control``, and one
 connection: a node writes only on the connections it opened and reads only on
 the ones it accepted, so a message and its answer travel on two connections.
 
-A ``TcpNode`` never blocks the election loop (the driver calls it from a
-sender task, bounded by ``message_timeout``), and never waits for the peer:
-``send_message`` writes the frame into an open, idle connection's socket
-buffer at once, or else puts it in a bounded queue (the oldest frame is
-dropped when it is full: election messages are superseded by newer ones) for
-a writer task.  The writer connects lazily, on the first message, and after a failure
+A ``TcpNode`` never blocks the election loop and never waits for the peer:
+the election calls ``send_message_nowait`` from its own task, which writes
+the frame into an open connection's socket buffer at once, in that call (no
+task switch; a leader's ``TimeoutNow`` is on the wire before anything else
+happens in its process), or else puts it in a bounded queue (the oldest frame
+is dropped when it is full: election messages are superseded by newer ones)
+for a writer task.  A message sent unchanged to every peer (a heartbeat) is
+encoded once.  The writer connects lazily, on the first message, and after a failure
 waits a capped exponential backoff with jitter before the next attempt.  A
 message that arrives from a peer cuts that peer's backoff short: the peer is
 evidently back.  A watcher reads each outgoing connection, on which nothing is
 ever sent back, so a peer that closed or crashed is noticed at once, before
-the next message is written into a dead connection and lost.  Connection
+the next message is written into a dead connection and lost; the election
+hears of it too, as ``PeerDisconnected(peer_id)`` in ``control``, so the
+successor a dead leader named stands one round trip sooner.  Connection
 trouble is logged once per change of state, not once per retry.
 
 With TLS, both sides present certificates signed by a common CA.  The
@@ -86,9 +90,8 @@ from types import TracebackType
 from typing import Final, final
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
-from anyio.streams.tls import TLSStream
 
 from .._errors import raise_single
 from .._messages import (
@@ -97,12 +100,14 @@ from .._messages import (
     HeartbeatResponse,
     Message,
     NodeId,
+    PeerDisconnected,
     RequestVote,
     TimeoutNow,
     VoteResponse,
     check_node_id,
 )
-from ._tcp_guard import RECEIVE_SIZE, STREAM_ERRORS, ConnectionTable, Listener, describe
+from ._tcp_guard import ConnectionTable, Listener, describe
+from ._tcp_io import BROKEN, Connection, connect
 from ._wire import encode_message, node_id_text
 
 logger = logging.getLogger("almost_raft")
@@ -136,7 +141,10 @@ class TcpStats:
         frames_rejected: malformed frames (``WireError``) received.
         identity_mismatches: valid messages dropped because their claimed
             sender is not named by the connection's TLS certificate.
-        control_overflows: valid messages dropped because ``control`` was full.
+        control_overflows: valid messages dropped because ``control`` was full
+            (and ``PeerDisconnected`` notices that found it full).
+        disconnect_notices: ``PeerDisconnected`` notices put into ``control``: an
+            outgoing connection closed or reset by the peer's side.
         connects: outgoing connections established.
         connect_failures: outgoing connection attempts that failed.
         disconnects: outgoing connections lost (closed by the peer, or a send failed,
@@ -159,6 +167,7 @@ class TcpStats:
     frames_rejected: int = 0
     identity_mismatches: int = 0
     control_overflows: int = 0
+    disconnect_notices: int = 0
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
@@ -200,12 +209,8 @@ def make_tls_contexts(
     return server, client
 
 
-def _tune_socket(stream: ByteStream, user_timeout: float) -> None:
+def _tune_socket(sock: socket.socket, user_timeout: float) -> None:
     """No Nagle delay; unacknowledged data for *user_timeout* closes the connection; keepalive when idle."""
-    try:
-        sock = stream.extra(SocketAttribute.raw_socket)
-    except anyio.TypedAttributeLookupError:
-        return
     options = [
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
@@ -240,10 +245,8 @@ class TcpNode:
         self.server_name = server_name if server_name is not None else node_id_text(node_id)
         self._queue: deque[bytes] = deque()
         self._wakeup: anyio.Event | None = None
-        self._stream: ByteStream | None = None
-        self._watch_scope: anyio.CancelScope | None = None
+        self._conn: Connection | None = None
         self._started = False
-        self._busy = False
         self._closing = False
         self._done: anyio.Event | None = None
         self._failures = 0
@@ -269,7 +272,7 @@ class TcpNode:
     @property
     def connected(self) -> bool:
         """Whether an outgoing connection to the peer is open now."""
-        return self._stream is not None
+        return self._conn is not None
 
     @property
     def queued(self) -> int:
@@ -277,43 +280,36 @@ class TcpNode:
         return len(self._queue)
 
     async def send_message(self, message: Message) -> None:
-        """Send *message* to the peer, or queue it (see ``send_message_nowait``).
-
-        When a connection is open and idle the frame is written at once,
-        which saves a task switch per message; otherwise it is queued for the
-        writer task.  Either way it only waits for the local socket buffer.
-        If the call is cancelled while writing, the connection is closed (it
-        may hold half a frame) and the next message opens a new one.
+        """Send *message* to the peer, or queue it: ``send_message_nowait``, for callers that await.
 
         Raises:
             WireError: *message* cannot be encoded.
         """
-        stream = self._stream
-        if stream is None or self._busy or self._queue or self._closing or self._transport._closed:
-            self.send_message_nowait(message)
-            return
-        frame = encode_message(message)
-        self._watch_silence(message)
-        if self._stream is not stream:  # replaced: the peer was silent
-            self._enqueue(frame)
-            return
-        self._transport._stats.messages_queued += 1
-        await self._write(stream, frame, 1)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self.send_message_nowait(message)
 
     def send_message_nowait(self, message: Message) -> None:
-        """Queue *message* for the peer without waiting (the optional fast path of ``Node``).
+        """Send *message* to the peer without waiting (the optional fast path of ``Node``).
 
-        The election calls this from its own task instead of ``send_message``,
-        so each peer has one queue, this one, and no sender task of the
-        election's.  When the queue is full the oldest frame is dropped and
-        counted.  After the transport closed, messages are dropped and counted.
+        The election calls this from its own task.  When a connection is open
+        and nothing is queued, the frame is written to its socket at once, in
+        this call (the kernel buffers it); otherwise it joins this peer's
+        queue for the writer task, which connects first if need be.  When the
+        queue is full the oldest frame is dropped and counted.  After the
+        transport closed, messages are dropped and counted.
 
         Raises:
             WireError: *message* cannot be encoded.
         """
-        frame = encode_message(message)
+        transport = self._transport
+        frame = transport._encode(message)
         self._watch_silence(message)
-        self._enqueue(frame)
+        conn = self._conn
+        if conn is None or self._queue or conn.pending or self._closing or transport._closed:
+            self._enqueue(frame)
+            return
+        transport._stats.messages_queued += 1
+        self._write(conn, [frame])
 
     def _enqueue(self, frame: bytes) -> None:
         transport = self._transport
@@ -322,10 +318,8 @@ class TcpNode:
             stats.messages_dropped += 1
             return
         stats.messages_queued += 1
-        if len(self._queue) >= transport.queue_size:
-            self._queue.popleft()
-            stats.messages_dropped += 1
         self._queue.append(frame)
+        self._trim_queue()
         if not self._started:
             self._started = True
             self._done = anyio.Event()
@@ -333,6 +327,13 @@ class TcpNode:
                 self._run, name=f"almost_raft tcp {transport.self_id!r}->{self._node_id!r}"
             )
         self._wake()
+
+    def _trim_queue(self) -> None:
+        excess = len(self._queue) - self._transport.queue_size
+        for _ in range(excess):
+            self._queue.popleft()
+        if excess > 0:
+            self._transport._stats.messages_dropped += excess
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -360,7 +361,7 @@ class TcpNode:
             return
         silent_for = now - since
         transport = self._transport
-        wait = transport.silence_timeout if self._stream is None else self._stale_after()
+        wait = transport.silence_timeout if self._conn is None else self._stale_after()
         if silent_for >= wait and now - self._attempt_at >= wait:
             self._replace(f"no answer for {silent_for:.2f}s", now)
         if not self._trouble and silent_for >= self._stale_after():
@@ -375,19 +376,17 @@ class TcpNode:
 
     def _replace(self, why: str, now: float) -> None:
         """Give up the current connection or connection attempt, and start a new one at once."""
-        stream = self._stream
+        conn = self._conn
         scope = self._attempt_scope
         if self._closing or self._transport._closed:
             return
-        if stream is not None and self._busy:
-            return  # a write is in progress on it: replace it at the next message
-        if stream is None and scope is None:
+        if conn is None and scope is None:
             return  # waiting out a backoff (at most backoff_max): nothing to replace
         self._transport._stats.silence_reconnects += 1
         logger.debug("node %r: peer %r: connection replaced: %s", self._transport.self_id, self._node_id, why)
-        if stream is not None:
-            self._forget(stream, why, quiet=True)
-            self._transport._task_group().start_soon(anyio.aclose_forcefully, stream)
+        if conn is not None:
+            self._forget(conn, why, quiet=True)
+            conn.abort()
         elif scope is not None:
             scope.cancel()
         self._attempt_at = now  # at most one replacement per silence_timeout
@@ -409,7 +408,7 @@ class TcpNode:
         if isinstance(message, _ANSWERS) or (isinstance(message, RequestVote) and message.transfer):
             self._unanswered_since = None
             self._report_recovery()
-        if self._stream is None:
+        if self._conn is None:
             if back and since is not None and self._attempt_scope is not None:
                 self._replace("the peer is heard again after a silence", now)
             if self._failures:
@@ -424,74 +423,81 @@ class TcpNode:
 
     async def _run(self) -> None:
         try:
-            while True:
-                while not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup = anyio.Event()
-                    await self._wakeup.wait()
-                if self._stream is None:
-                    now = anyio.current_time()
-                    if now < self._retry_at:
-                        if self._closing:
-                            return  # no reconnecting just to flush
-                        self._wakeup = anyio.Event()
-                        with anyio.move_on_after(self._retry_at - now):
-                            await self._wakeup.wait()
-                        continue
-                    if not await self._connect():
-                        continue
-                if self._busy:  # send_message is writing: it wakes us when done
-                    self._wakeup = anyio.Event()
-                    await self._wakeup.wait()
-                    continue
-                stream = self._stream
-                assert stream is not None
-                batch = b"".join(self._queue)
-                count = len(self._queue)
-                self._queue.clear()
-                await self._write(stream, batch, count)
+            try:
+                await self._send_loop()
+            except anyio.get_cancelled_exc_class():
+                # Cancelled with the transport (its owner was cancelled): what is
+                # queued still gets flush_timeout to go out, a hand-over above all.
+                transport = self._transport
+                if (self._queue or (self._conn is not None and self._conn.pending)) and not transport._flushed:
+                    self._closing = True
+                    with anyio.move_on_after(transport.flush_timeout, shield=True):
+                        await self._send_loop()
+                raise
         finally:
             if self._queue:
                 self._transport._stats.messages_dropped += len(self._queue)
                 self._queue.clear()
-            if self._watch_scope is not None:
-                self._watch_scope.cancel()
-            if self._stream is not None:
-                stream, self._stream = self._stream, None
-                await anyio.aclose_forcefully(stream)
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.abort()
             self._state = "closed"
             assert self._done is not None
             self._done.set()
 
-    async def _write(self, stream: ByteStream, data: bytes, count: int) -> None:
-        """Write *count* frames; only one task writes at a time."""
-        stats = self._transport._stats
-        self._busy = True
-        try:
-            await stream.send(data)
-        except STREAM_ERRORS as exc:
-            stats.messages_dropped += count
-            await self._drop(stream, f"send failed: {describe(exc)}")
-        except BaseException:
-            # Cancelled while writing: the connection may hold half a frame, which
-            # would garble the next one.  Close it; the peer sees a truncated frame.
-            stats.messages_dropped += count
-            if self._forget(stream, "a send was cancelled"):
-                with anyio.CancelScope(shield=True):
-                    await anyio.aclose_forcefully(stream)
-            raise
-        else:
-            stats.messages_sent += count
-        finally:
-            self._busy = False
-            if self._queue:
-                self._wake()
+    async def _send_loop(self) -> None:
+        """Connect, write what is queued, flush; return once closing and everything is written."""
+        while True:
+            conn = self._conn
+            if not self._queue and (conn is None or not conn.pending):
+                if self._closing:
+                    return  # everything written: the kernel sends it before the FIN
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            if conn is None:
+                now = anyio.current_time()
+                if now < self._retry_at:
+                    if self._closing:
+                        return  # no reconnecting just to flush
+                    self._wakeup = anyio.Event()
+                    with anyio.move_on_after(self._retry_at - now):
+                        await self._wakeup.wait()
+                    continue
+                await self._connect()
+                continue
+            if conn.pending:
+                try:
+                    await conn.flush()
+                except BROKEN as exc:
+                    self._drop(conn, f"send failed: {describe(exc)}")
+                continue
+            frames = list(self._queue)
+            self._queue.clear()
+            self._write(conn, frames)
 
-    async def _connect(self) -> bool:
+    def _write(self, conn: Connection, frames: list[bytes]) -> None:
+        """Write *frames* to *conn* now; the writer task flushes what the kernel did not take.
+
+        A write that fails wrote nothing: the frames go back to the queue, for
+        the next connection, and the broken one is dropped.
+        """
+        try:
+            conn.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        except BROKEN as exc:
+            self._queue.extendleft(reversed(frames))
+            self._trim_queue()
+            self._drop(conn, f"send failed: {describe(exc)}")
+            return
+        self._transport._stats.messages_sent += len(frames)
+        if conn.pending:
+            self._wake()
+
+    async def _connect(self) -> None:
         transport = self._transport
         stats = transport._stats
-        stream: ByteStream | None = None
+        sock: socket.socket | None = None
+        conn: Connection | None = None
         self._attempt_at = anyio.current_time()
         try:
             with anyio.fail_after(transport.connect_timeout):
@@ -501,22 +507,20 @@ class TcpNode:
                 self._attempt_at = anyio.current_time()
                 self._attempt_scope = attempt = anyio.CancelScope()
                 with attempt:  # cancelled by _replace while the SYN may have been lost
-                    raw = await _connect_any(addresses, self.port)
+                    sock = await _connect_any(addresses, self.port, transport.user_timeout)
                 self._attempt_scope = None
                 if attempt.cancelled_caught:
-                    return False  # replaced: the next attempt starts at once, with no backoff
-                stream = raw
-                _tune_socket(raw, transport.user_timeout)
-                if transport.client_ssl_context is not None:
-                    stream = await TLSStream.wrap(
-                        raw,
-                        hostname=self.server_name,
-                        ssl_context=transport.client_ssl_context,
-                        standard_compatible=False,
-                    )
-        except (*STREAM_ERRORS, TimeoutError) as exc:
-            if stream is not None:
-                await anyio.aclose_forcefully(stream)
+                    if sock is not None:
+                        sock.close()
+                    return  # replaced: the next attempt starts at once, with no backoff
+                assert sock is not None
+                conn = Connection(sock, transport.client_ssl_context, server_hostname=self.server_name)
+                await conn.handshake()
+        except (*BROKEN, TimeoutError) as exc:
+            if conn is not None:
+                conn.abort()
+            elif sock is not None:
+                sock.close()
             stats.connect_failures += 1
             self._failures += 1
             # Capped exponential backoff, with jitter so that peers do not retry in step.
@@ -524,46 +528,53 @@ class TcpNode:
             self._retry_at = anyio.current_time() + delay * (0.5 + 0.5 * transport._rng.random())
             self._state = "failing"
             self._report_trouble("unreachable (cannot connect: %s); retrying with backoff", describe(exc))
-            return False
+            return
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            elif sock is not None:
+                sock.close()
+            raise
         finally:
             self._attempt_scope = None
         stats.connects += 1
         self._failures = 0
         self._retry_at = -math.inf
-        self._stream = stream
-        self._watch_scope = scope = anyio.CancelScope()
-        transport._task_group().start_soon(self._watch, stream, scope)
+        self._conn = conn
+        transport._task_group().start_soon(self._watch, conn)
         self._state = "connected"
         if self._unanswered_since is None:
             self._report_recovery()
         # else: it is back when it answers (``_heard``), not merely when it accepts a connection.
         logger.debug("node %r: connected to peer %r at %s:%d", transport.self_id, self._node_id, self.host, self.port)
-        return True
 
-    async def _watch(self, stream: ByteStream, scope: anyio.CancelScope) -> None:
+    async def _watch(self, conn: Connection) -> None:
         """Notice at once when the peer closes: nothing is ever sent back on this connection."""
-        with scope:
-            try:
-                data = await stream.receive(RECEIVE_SIZE)
-            except STREAM_ERRORS as exc:
-                why = "closed by the peer" if isinstance(exc, anyio.EndOfStream) else describe(exc)
-            else:
-                why = f"the peer sent {len(data)} unexpected bytes"
-            if self._stream is stream:
-                await self._drop(stream, why)
+        why = ""
 
-    def _forget(self, stream: ByteStream, why: str, *, quiet: bool = False) -> bool:
-        """Stop using *stream* (if it is the current one); the caller closes it.
+        def unexpected(data: bytes) -> bool:
+            nonlocal why
+            why = f"the peer sent {len(data)} unexpected bytes"
+            return False
+
+        try:
+            await conn.read_loop(unexpected)
+        except anyio.ClosedResourceError:
+            return  # given up by this side
+        finally:
+            conn.abort()  # this task waited on the socket: it closes it
+        # A FIN or a reset from the peer's kernel: its process has most likely ended.
+        self._drop(conn, why or conn.error or "closed by the peer", peer_gone=not why)
+
+    def _forget(self, conn: Connection, why: str, *, quiet: bool = False) -> bool:
+        """Stop using *conn* (if it is the current one); the caller aborts it.
 
         *quiet*: the peer is fine (a stale connection is being replaced), log at DEBUG only.
         """
-        if self._stream is not stream:
+        if self._conn is not conn:
             return False
-        self._stream = None
+        self._conn = None
         self._transport._stats.disconnects += 1
-        if self._watch_scope is not None:
-            self._watch_scope.cancel()
-            self._watch_scope = None
         self._state = "disconnected"
         if quiet or self._trouble:
             logger.debug("node %r: peer %r: connection closed: %s", self._transport.self_id, self._node_id, why)
@@ -578,12 +589,21 @@ class TcpNode:
             )
         return True
 
-    async def _drop(self, stream: ByteStream, why: str) -> None:
-        if not self._forget(stream, why):
+    def _drop(self, conn: Connection, why: str, *, peer_gone: bool = True) -> None:
+        """Stop using *conn*, broken or closed by the peer; the next message reconnects at once.
+
+        *peer_gone*: the peer's kernel closed or reset the connection, which
+        is reported once (``PeerDisconnected``) to the election: if the peer
+        was the leader and named this node its successor, it stands one round
+        trip sooner.  Backoff applies only to failed connection attempts.
+        """
+        if not self._forget(conn, why):
             return
-        # The next message reconnects at once; backoff applies only to failed attempts.
-        await anyio.aclose_forcefully(stream)
-        self._wake()
+        conn.abort()
+        if peer_gone:
+            self._transport._report_disconnected(self._node_id)
+        if self._queue:
+            self._wake()
 
     def _report_trouble(self, what: str, *args: object) -> None:
         """Log once that the peer is unreachable or silent; the rest goes to DEBUG until it recovers."""
@@ -620,12 +640,12 @@ async def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def _connect_any(addresses: list[str], port: int) -> SocketStream:
+async def _connect_any(addresses: list[str], port: int, user_timeout: float) -> socket.socket:
     """Connect to the first of *addresses* that accepts; raise the last error if none does."""
     error: OSError | None = None
     for address in addresses:
         try:
-            return await anyio.connect_tcp(address, port)
+            return await connect(address, port, lambda sock: _tune_socket(sock, user_timeout))
         except OSError as exc:
             error = exc
     raise error if error is not None else OSError(f"no address to connect to on port {port}")
@@ -647,9 +667,10 @@ def _check_seconds(name: str, seconds: object) -> float:
 class TcpTransport:
     """One node's TCP transport: the listener and the ``TcpNode`` of each peer.
 
-    Use it as an async context manager; on a normal exit it gives the peers'
-    queues up to ``flush_timeout`` seconds to drain (so that a leader's
-    ``TimeoutNow`` gets out before the process ends), then closes everything.
+    Use it as an async context manager; on a normal exit, or when cancelled,
+    it gives the peers' queues up to ``flush_timeout`` seconds to drain (so
+    that a leader's ``TimeoutNow`` gets out before the process ends, even to a
+    peer it must connect to first), then closes everything.
     An exception raised in the body comes out as itself, not wrapped in an
     exception group::
 
@@ -764,6 +785,10 @@ class TcpTransport:
         self._nodes: dict[NodeId, TcpNode] = {}
         self._tg: TaskGroup | None = None
         self._closed = False
+        self._flushed = False  # the flush on exit is over: a cancelled writer does not try again
+        self._control: MemoryObjectSendStream[ControlMessage | Message] | None = None
+        self._last_message: Message | None = None
+        self._last_frame = b""
         self._listener = Listener(self, ConnectionTable(max_connections, per_address, self.silence_timeout))
 
     def __repr__(self) -> str:
@@ -788,11 +813,13 @@ class TcpTransport:
         nodes = list(self._nodes.values())
         for node in nodes:
             node._close()
-        if exc_type is None:
+        if exc_type is None or issubclass(exc_type, anyio.get_cancelled_exc_class()):
+            # Also when cancelled: a graceful stop by cancellation still hands over.
             with anyio.move_on_after(self.flush_timeout, shield=True):
                 for node in nodes:
                     if node._done is not None:
                         await node._done.wait()
+        self._flushed = True
         tg.cancel_scope.cancel()
         try:
             return await tg.__aexit__(exc_type, exc, tb)
@@ -801,6 +828,30 @@ class TcpTransport:
             # as itself, not wrapped in an exception group.
             raise_single(error)
             raise
+
+    def _report_disconnected(self, peer_id: NodeId) -> None:
+        """Tell the election (``control``, given to ``listen``) that *peer_id*'s side closed its connection."""
+        control = self._control
+        if control is None or self._closed:
+            return
+        try:
+            control.send_nowait(PeerDisconnected(peer_id))
+        except anyio.WouldBlock:
+            self._stats.control_overflows += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        else:
+            self._stats.disconnect_notices += 1
+        logger.debug("node %r: told the election that peer %r closed its connection", self.self_id, peer_id)
+
+    def _encode(self, message: Message) -> bytes:
+        """The frame of *message*; the last one is kept, for the copies of one message a leader sends every peer."""
+        last = self._last_message
+        if last is not None and type(last) is type(message) and last == message:
+            return self._last_frame
+        frame = encode_message(message)
+        self._last_message, self._last_frame = message, frame
+        return frame
 
     def _task_group(self) -> TaskGroup:
         if self._tg is None:
@@ -847,7 +898,9 @@ class TcpTransport:
         """Listen on *host*:*port* and feed every valid message into *control*.
 
         The listener runs until the transport closes.  *control* is not closed
-        by the transport.
+        by the transport.  It also gets ``PeerDisconnected(peer_id)`` when an
+        outgoing connection to a peer is closed or reset from the peer's side
+        (its process exited), once per connection.
 
         Returns:
             The port listened on (useful with port 0).
@@ -859,6 +912,7 @@ class TcpTransport:
             raise RuntimeError("the TcpTransport is closed")
         tg = self._task_group()
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        self._control = control
         bound = listener.extra(SocketAttribute.local_port)
         for sub in listener.listeners:
             assert isinstance(sub, SocketListener)

@@ -133,12 +133,10 @@ def test_sigterm_on_the_leader_hands_leadership_over(procs: Callable[..., ProcCl
     assert stopped["status"]["transfers_started"] == 1
     assert stopped["status"]["role"] == "terminated"
     new_term, _ = cluster.wait_agreed(others, not_leader=leader, min_term=term + 1, timeout=10)
-    # A hand-over elects the target at once, without waiting out an election timeout.
-    changed_at = max(
-        next(r["monotonic"] for r in cluster[i].leader_records() if r["term"] == new_term and r["leader_id"])
-        for i in others
-    )
-    assert changed_at - stopped["monotonic"] < T / 3, "the survivors waited for a timeout: no hand-over happened"
+    # A hand-over elects the target in the next term.  That no election
+    # timeout was waited out is checked, by the nodes' counters, in
+    # test_handover_processes.py.
+    assert new_term == term + 1
     assert_one_leader_per_term(cluster)
 
 

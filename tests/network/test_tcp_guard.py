@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from almost_raft import ControlMessage, Heartbeat, HeartbeatResponse, Message, RequestVote, VoteResponse
@@ -250,9 +250,9 @@ async def test_outgoing_connections_give_up_unacknowledged_data_after_2t() -> No
         node = transport.node("b", "127.0.0.1", port)
         await node.send_message(Heartbeat(1, "a", 1))
         await wait_until(lambda: node.connected)
-        stream = node._stream
-        assert stream is not None
-        sock = stream.extra(SocketAttribute.raw_socket)
+        conn = node._conn
+        assert conn is not None
+        sock = conn.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 400
         assert (transport.user_timeout, transport.silence_timeout) == (0.4, 0.2)
         tg.cancel_scope.cancel()

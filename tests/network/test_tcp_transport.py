@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from almost_raft import (
     TimeoutNow,
     raft_election,
 )
-from almost_raft.transports import TcpTransport, make_tls_contexts
+from almost_raft.transports import PeerDisconnected, TcpTransport, make_tls_contexts
 from almost_raft.transports._wire import FrameReader
 
 from ._procs import free_ports
@@ -182,6 +183,44 @@ async def test_queued_messages_are_flushed_on_exit() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_a_frame_to_an_open_connection_is_on_the_wire_when_send_message_nowait_returns() -> None:
+    """No task switch between the election's step and the socket: a stopping leader's TimeoutNow is out at once."""
+    (port,) = free_ports(1)
+    with socket.create_server(("127.0.0.1", port)) as server:
+        async with TcpTransport("a") as transport:
+            node = transport.node("b", "127.0.0.1", port)
+            node.send_message_nowait(Heartbeat(1, "a", 1))  # connects first: queued for the writer
+            await wait_until(lambda: node.connected)
+            peer, _ = server.accept()
+            with peer:
+                peer.settimeout(5)
+                reader = FrameReader()
+                while (first := reader.next()) is None:
+                    reader.feed(peer.recv(4096))
+                assert first == Heartbeat(1, "a", 1)
+                # From here on nothing awaits: the writer task cannot run, only this call writes.
+                node.send_message_nowait(TimeoutNow(1, "a"))
+                reader.feed(peer.recv(4096))
+                assert reader.next() == TimeoutNow(1, "a")
+                assert node.queued == 0
+
+
+async def test_queued_frames_are_flushed_when_the_transport_is_cancelled() -> None:
+    """A node stopped by cancellation still gets its hand-over out, even to a peer it must connect to first."""
+    (port,) = free_ports(1)
+    sink = Sink()
+    async with anyio.create_task_group() as tg:
+        await tg.start(sink.serve, port)
+        with anyio.CancelScope() as scope:
+            async with TcpTransport("a") as transport:
+                node = transport.node("b", "127.0.0.1", port)
+                node.send_message_nowait(TimeoutNow(3, "a"))  # not connected yet: queued
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert await sink.wait_for(1) == [TimeoutNow(3, "a")]
+        tg.cancel_scope.cancel()
+
+
 async def test_tls_sender_must_match_the_certificate(certs: Certs) -> None:
     (port,) = free_ports(1)
     server_ctx, _ = make_tls_contexts(str(certs.cert("a")), str(certs.key("a")), str(certs.ca))
@@ -236,3 +275,32 @@ def test_transport_rejects_bad_settings() -> None:
         TcpTransport("a", backoff_initial=2.0, backoff_max=1.0)
     with pytest.raises(TypeError):
         TcpTransport(True)
+
+
+async def test_a_peer_closing_its_side_is_reported_once_as_peer_disconnected() -> None:
+    """FIN from the peer's side: one ``PeerDisconnected`` in ``control``; a connection given up by this side: none."""
+    (port, own) = free_ports(2)
+    send, receive = anyio.create_memory_object_stream[ControlMessage | Message](16)
+    with socket.create_server(("127.0.0.1", port)) as server, send, receive:
+        async with TcpTransport("a") as transport:
+            await transport.listen("127.0.0.1", own, send)
+            node = transport.node("b", "127.0.0.1", port)
+            node.send_message_nowait(HeartbeatResponse(1, "a", True, 1))
+            await wait_until(lambda: node.connected)
+            peer, _ = server.accept()
+            peer.close()  # the peer's process exits: its kernel sends FIN
+            with anyio.fail_after(5):
+                notice = await receive.receive()
+            assert notice == PeerDisconnected("b")
+            assert not node.connected
+            assert transport.stats().disconnect_notices == 1
+
+            # Reconnect, then the transport closes: its own closing is no notice.
+            node.send_message_nowait(HeartbeatResponse(1, "a", True, 2))
+            await wait_until(lambda: node.connected)
+            second, _ = server.accept()
+        with second:
+            pass
+        assert transport.stats().disconnect_notices == 1
+        with pytest.raises(anyio.WouldBlock):
+            receive.receive_nowait()
