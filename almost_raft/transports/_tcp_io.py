@@ -45,6 +45,16 @@ RECEIVE_SIZE: Final = 65536
 BROKEN: Final = (OSError, ssl.SSLError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 """What a write, a flush, a handshake or a connection attempt raises when the connection is gone."""
 
+_PEER_ENDED: Final = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def ended_by_peer(exc: BaseException) -> bool:
+    """Whether *exc* says the peer's side reset the connection (its process most likely ended).
+
+    A timeout (``TCP_USER_TIMEOUT``: a partition, say) or an unreachable host is not.
+    """
+    return isinstance(exc, _PEER_ENDED)
+
 
 def _asyncio_loop() -> object | None:
     """The running asyncio loop of this thread, if asyncio is what runs (``None`` on trio)."""
@@ -69,9 +79,22 @@ class Connection:
     Attributes:
         socket: the socket (for options; do not read, write or close it).
         error: why the connection ended, once it has (for logs).
+        ended_by_peer: whether it ended by the peer's side, with end-of-file or
+            a reset (not a timeout, not an unreachable host, not ``abort``).
     """
 
-    __slots__ = ("_closing", "_incoming", "_outgoing", "_pending", "_plain", "_scopes", "_tls", "error", "socket")
+    __slots__ = (
+        "_closing",
+        "_incoming",
+        "_outgoing",
+        "_pending",
+        "_plain",
+        "_scopes",
+        "_tls",
+        "ended_by_peer",
+        "error",
+        "socket",
+    )
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext | None, *, server_hostname: str | None) -> None:
         sock.setblocking(False)
@@ -90,6 +113,7 @@ class Connection:
         self._scopes: set[anyio.CancelScope] = set()
         self._closing = False
         self.error: str | None = None
+        self.ended_by_peer = False
 
     @property
     def pending(self) -> int:
@@ -152,6 +176,10 @@ class Connection:
         if self._tls is not None:
             self._tls.write(data)
             data = self._outgoing.read()
+        self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        """Hand *data* to the kernel after what is pending; keep what it does not take for ``flush``."""
         if self._pending:
             self._pending += data
             return
@@ -180,16 +208,7 @@ class Connection:
     def _send_tls_output(self) -> None:
         """Pass what the TLS layer produced by itself (handshake, tickets, alerts) to the socket."""
         if self._outgoing.pending:
-            data = self._outgoing.read()
-            if self._pending:
-                self._pending += data
-                return
-            try:
-                sent = self.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            if sent < len(data):
-                self._pending += memoryview(data)[sent:]
+            self._send_now(self._outgoing.read())
 
     # -------------------------------------------------------------- reading
 
@@ -200,12 +219,11 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
-            self.error = _describe(exc)
-            return b""
+            return self._ended(exc)
         tls = self._tls
         if tls is None:
             if not data:
-                self.error = "closed by the peer"
+                return self._ended(None)
             return data
         if data:
             self._incoming.write(data)
@@ -223,19 +241,26 @@ class Connection:
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             data = b""
         except ssl.SSLError as exc:
-            self.error = _describe(exc)
-            return b""
+            return self._ended(exc)
         try:
             self._send_tls_output()
         except OSError as exc:
-            self.error = _describe(exc)
-            return b""
+            return self._ended(exc)
         if chunks:
             return b"".join(chunks)
         if not data:
-            self.error = self.error or "closed by the peer"
-            return b""
+            return self._ended(None)
         return None  # only TLS records of its own (a session ticket): nothing for the caller
+
+    def _ended(self, exc: BaseException | None) -> bytes:
+        """Record why the connection ended (*exc*, or ``None``: end-of-file from the peer); ``b""``."""
+        if exc is None:
+            self.error = "closed by the peer"
+            self.ended_by_peer = True
+        else:
+            self.error = _describe(exc)
+            self.ended_by_peer = ended_by_peer(exc)
+        return b""
 
     async def read_loop(self, on_data: Callable[[bytes], bool]) -> None:
         """Call ``on_data(bytes)`` with what arrives until the connection ends or ``on_data`` returns ``False``.

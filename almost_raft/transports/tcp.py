@@ -107,7 +107,7 @@ from .._messages import (
     check_node_id,
 )
 from ._tcp_guard import ConnectionTable, Listener, describe
-from ._tcp_io import BROKEN, Connection, connect
+from ._tcp_io import BROKEN, Connection, connect, ended_by_peer
 from ._wire import encode_message, node_id_text
 
 logger = logging.getLogger("almost_raft")
@@ -470,7 +470,7 @@ class TcpNode:
                 try:
                     await conn.flush()
                 except BROKEN as exc:
-                    self._drop(conn, f"send failed: {describe(exc)}")
+                    self._drop(conn, f"send failed: {describe(exc)}", peer_gone=ended_by_peer(exc))
                 continue
             frames = list(self._queue)
             self._queue.clear()
@@ -487,7 +487,7 @@ class TcpNode:
         except BROKEN as exc:
             self._queue.extendleft(reversed(frames))
             self._trim_queue()
-            self._drop(conn, f"send failed: {describe(exc)}")
+            self._drop(conn, f"send failed: {describe(exc)}", peer_gone=ended_by_peer(exc))
             return
         self._transport._stats.messages_sent += len(frames)
         if conn.pending:
@@ -563,8 +563,7 @@ class TcpNode:
             return  # given up by this side
         finally:
             conn.abort()  # this task waited on the socket: it closes it
-        # A FIN or a reset from the peer's kernel: its process has most likely ended.
-        self._drop(conn, why or conn.error or "closed by the peer", peer_gone=not why)
+        self._drop(conn, why or conn.error or "closed by the peer", peer_gone=conn.ended_by_peer)
 
     def _forget(self, conn: Connection, why: str, *, quiet: bool = False) -> bool:
         """Stop using *conn* (if it is the current one); the caller aborts it.
@@ -589,11 +588,12 @@ class TcpNode:
             )
         return True
 
-    def _drop(self, conn: Connection, why: str, *, peer_gone: bool = True) -> None:
+    def _drop(self, conn: Connection, why: str, *, peer_gone: bool) -> None:
         """Stop using *conn*, broken or closed by the peer; the next message reconnects at once.
 
-        *peer_gone*: the peer's kernel closed or reset the connection, which
-        is reported once (``PeerDisconnected``) to the election: if the peer
+        *peer_gone*: the peer's side ended the connection with end-of-file or
+        a reset (its process most likely ended; not a timeout, which a
+        partition causes), reported once (``PeerDisconnected``) to the election: if the peer
         was the leader and named this node its successor, it stands one round
         trip sooner.  Backoff applies only to failed connection attempts.
         """
@@ -839,10 +839,10 @@ class TcpTransport:
         except anyio.WouldBlock:
             self._stats.control_overflows += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return
+            pass
         else:
             self._stats.disconnect_notices += 1
-        logger.debug("node %r: told the election that peer %r closed its connection", self.self_id, peer_id)
+            logger.debug("node %r: told the election that peer %r closed its connection", self.self_id, peer_id)
 
     def _encode(self, message: Message) -> bytes:
         """The frame of *message*; the last one is kept, for the copies of one message a leader sends every peer."""

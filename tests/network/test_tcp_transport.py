@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 
 import anyio
@@ -304,3 +305,29 @@ async def test_a_peer_closing_its_side_is_reported_once_as_peer_disconnected() -
         assert transport.stats().disconnect_notices == 1
         with pytest.raises(anyio.WouldBlock):
             receive.receive_nowait()
+
+
+@pytest.mark.parametrize(("ending", "notice"), [("reset", True), ("garbage", False)])
+async def test_only_an_end_from_the_peers_side_is_a_notice(ending: str, notice: bool) -> None:
+    """A reset from the peer's kernel is a notice; a peer that sends on a write-only connection is not."""
+    (port, own) = free_ports(2)
+    send, receive = anyio.create_memory_object_stream[ControlMessage | Message](16)
+    with socket.create_server(("127.0.0.1", port)) as server, send, receive:
+        async with TcpTransport("a") as transport:
+            await transport.listen("127.0.0.1", own, send)
+            node = transport.node("b", "127.0.0.1", port)
+            node.send_message_nowait(HeartbeatResponse(1, "a", True, 1))
+            await wait_until(lambda: node.connected)
+            peer, _ = server.accept()
+            with peer:
+                if ending == "reset":
+                    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    peer.sendall(b"nothing is ever sent back on this connection")
+            await wait_until(lambda: not node.connected)
+            assert transport.stats().disconnect_notices == int(notice)
+        items = []
+        with contextlib.suppress(anyio.WouldBlock):
+            while True:
+                items.append(receive.receive_nowait())
+        assert items == ([PeerDisconnected("b")] if notice else [])
